@@ -1,0 +1,4 @@
+"""The foundation's node: everything that decides what leaves the cohort's machine.
+
+Nothing in this package imports from ``server`` or ``strategies``.
+"""

@@ -1,0 +1,76 @@
+"""The foundation's ClientApp: Flower's entry point into the node.
+
+Message types it answers (anything else is refused by Flower):
+
+- ``train``: one round of local training; replies model arrays + aggregate scalars;
+- ``query.holdout_oob``: score the submitted model before training (official record);
+- ``query.holdout_final``: score the fine-tuned model and close the run.
+
+Every handler runs the same guard: node errors travel to the server as rule
+names; any other exception is logged on the node and replaced by a message
+without detail, since exception text crosses the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.errors import NodeError
+from client.node import Node
+from client.runstate import RunFacts, RunState
+from client.settings import NodeSettings
+
+log = logging.getLogger("cohortfl.node")
+
+Action = Callable[[Node, RecordDict, RunFacts, RunState], RecordDict]
+
+
+def build_client_app(settings: NodeSettings | None = None) -> ClientApp:
+    """The node's ClientApp.
+
+    Parameters
+    ----------
+    settings : NodeSettings, optional
+        Given by the workspace in simulation; when omitted (deployment), read
+        from the SuperNode's ``--node-config``.
+    """
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return _serve(msg, context, settings, Node.train, "train")
+
+    @app.query("holdout_oob")
+    def holdout_oob(msg: Message, context: Context) -> Message:
+        return _serve(msg, context, settings, Node.score_out_of_the_box, "holdout out of the box")
+
+    @app.query("holdout_final")
+    def holdout_final(msg: Message, context: Context) -> Message:
+        return _serve(msg, context, settings, Node.score_final, "final holdout")
+
+    return app
+
+
+def _serve(msg: Message, context: Context, settings: NodeSettings | None, action: Action,
+           name: str) -> Message:
+    """Run one node action under the guard; keep run state only when it succeeds."""
+    try:
+        node = Node.for_settings(settings or NodeSettings.from_node_config(context.node_config))
+        facts = RunFacts.from_run_config(context.run_config, node.settings.policy)
+        state = RunState.load(context.state)
+        reply = action(node, msg.content, facts, state)
+        state.save(context.state)
+        return Message(reply, reply_to=msg)
+    except NodeError:
+        raise
+    except Exception:  # anything else may quote data: log here, send no detail
+        log.exception("internal error during %s", name)
+        raise NodeError(f"internal error during {name}; the node operator has the details"
+                        ) from None
+
+
+app = build_client_app()

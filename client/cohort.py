@@ -1,0 +1,148 @@
+"""Loading, validating and splitting the cohort file (CSV or Parquet).
+
+Validation runs over the whole file before anything else happens and reports
+every broken rule at once, naming columns and rules but never cell values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from client.errors import CohortValidationError
+from client.schema import SCHEMA, CohortSchema
+
+_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """A validated cohort.
+
+    Attributes
+    ----------
+    frame : pandas.DataFrame
+        Feature columns only, in schema order, shape (n_records, 252).
+    labels : numpy.ndarray
+        Class indices into ``schema.classes``, shape (n_records,).
+    digest : str
+        SHA-256 of the file's bytes: identifies the cohort version in the record.
+    """
+
+    frame: pd.DataFrame
+    labels: np.ndarray
+    digest: str
+    schema: CohortSchema = SCHEMA
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Record positions of the training and holdout parts of a cohort."""
+
+    train: np.ndarray
+    holdout: np.ndarray
+
+
+def load_cohort(path: str | Path, schema: CohortSchema = SCHEMA) -> Cohort:
+    """Read and validate a cohort file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.csv`` or ``.parquet`` file with the columns of ``schema``.
+
+    Raises
+    ------
+    CohortValidationError
+        The file is missing, unreadable or breaks a schema rule.
+    """
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise CohortValidationError([f"unsupported file type '{path.suffix}': use .csv or .parquet"])
+    if not path.is_file():
+        raise CohortValidationError([f"no cohort file at {path}"])
+    try:
+        frame = reader(path)
+    except Exception as ex:  # the reader's message may quote file content
+        raise CohortValidationError(
+            [f"the file could not be parsed as {path.suffix} ({type(ex).__name__})"]
+        ) from None
+    validate_frame(frame, schema)
+    labels = frame[schema.label_column].map({c: i for i, c in enumerate(schema.classes)})
+    return Cohort(
+        frame=frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
+        labels=labels.to_numpy(dtype=np.int64),
+        digest=hashlib.sha256(path.read_bytes()).hexdigest(),
+        schema=schema,
+    )
+
+
+def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
+    """Check every schema rule on a loaded table; raise with all problems found."""
+    problems: list[str] = []
+    if len(frame) == 0:
+        raise CohortValidationError(["the file has no records"])
+    missing = [c for c in schema.all_columns if c not in frame.columns]
+    if missing:
+        problems.append(f"missing column(s): {_names(missing)}")
+    unexpected = [c for c in frame.columns if c not in schema.all_columns]
+    if unexpected:
+        problems.append(f"unexpected column(s) not in the schema: {_names(unexpected)}")
+    present = [c for c in schema.all_columns if c in frame.columns]
+    with_nan = [c for c in present if frame[c].isna().any()]
+    if with_nan:
+        problems.append(f"missing values in column(s): {_names(with_nan)}")
+    not_numeric = [
+        c for c in schema.numeric if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c])
+    ]
+    if not_numeric:
+        problems.append(f"non-numeric values in numeric column(s): {_names(not_numeric)}")
+    numeric_ok = [c for c in schema.numeric if c in frame.columns and c not in not_numeric]
+    if numeric_ok and not np.isfinite(frame[numeric_ok].to_numpy(dtype=float, na_value=0.0)).all():
+        problems.append("infinite values in numeric column(s)")
+    for column, levels in schema.categorical.items():
+        if column in frame.columns and not frame[column].dropna().isin(levels).all():
+            problems.append(f"column '{column}' has values outside its levels {levels}")
+    label = schema.label_column
+    if label in frame.columns and not frame[label].dropna().isin(schema.classes).all():
+        problems.append(f"column '{label}' has labels outside {schema.classes}")
+    if schema.id_column in frame.columns and frame[schema.id_column].duplicated().any():
+        problems.append(f"duplicate values in '{schema.id_column}': each record needs its own id")
+    features = [c for c in schema.feature_columns if c in frame.columns]
+    if features and frame.duplicated(subset=features).any():
+        problems.append("duplicate records: two or more rows have identical features")
+    if problems:
+        raise CohortValidationError(problems)
+
+
+def split_cohort(
+    cohort: Cohort, holdout_size: int = 128, seed: int = 0
+) -> Split:
+    """Split into training and holdout parts, stratified by class, reproducibly.
+
+    The same file and seed always give the same split.
+    """
+    if not 0 < holdout_size < len(cohort):
+        raise CohortValidationError(
+            [f"holdout_size must be between 1 and {len(cohort) - 1} records"]
+        )
+    positions = np.arange(len(cohort))
+    train, holdout = train_test_split(
+        positions, test_size=holdout_size, stratify=cohort.labels, random_state=seed
+    )
+    return Split(train=np.sort(train), holdout=np.sort(holdout))
+
+
+def _names(columns: list[str], limit: int = 8) -> str:
+    """Join column names, eliding beyond ``limit``."""
+    shown = ", ".join(f"'{c}'" for c in columns[:limit])
+    return shown + (f" and {len(columns) - limit} more" if len(columns) > limit else "")

@@ -1,0 +1,143 @@
+"""The node's rules for incoming work and outgoing replies.
+
+Incoming: only known config keys, hyperparameters inside the workspace policy,
+arrays finite and exactly of the shapes of the model the node built.
+Outgoing: a whitelist -- model arrays of those shapes and named aggregate
+scalars. Anything else is refused, by rule name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from client.errors import PolicyViolation, ReplyRefused
+from client.training import TrainConfig
+
+#: Config keys a strategy may send with a train message (``server-round`` is Flower's).
+TRAIN_CONFIG_KEYS = frozenset({"lr", "local-epochs", "batch-size", "proximal-mu", "server-round"})
+#: Aggregate scalars a train reply may carry.
+TRAIN_METRIC_KEYS = frozenset({"train-loss", "num-examples", "compute-flops", "device-seconds"})
+#: The only scalar a holdout request's reply carries: an acknowledgement, never a score.
+HOLDOUT_METRIC_KEYS = frozenset({"recorded"})
+
+
+@dataclass(frozen=True)
+class WorkspacePolicy:
+    """Limits the foundation sets for every run on its node (``conf/workspace``)."""
+
+    allowed_models: tuple[str, ...] = ("linear", "mlp")
+    lr_min: float = 1e-5
+    lr_max: float = 1.0
+    local_epochs_max: int = 5
+    batch_size_min: int = 16
+    batch_size_max: int = 512
+    proximal_mu_max: float = 10.0
+    rounds_max: int = 50
+    max_array_bytes: int = 64 * 2**20
+
+
+def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int) -> TrainConfig:
+    """Turn a strategy's train config into a validated ``TrainConfig``.
+
+    Raises
+    ------
+    PolicyViolation
+        An unknown key, a missing key or a value outside the policy.
+    """
+    unknown = sorted(set(config.keys()) - TRAIN_CONFIG_KEYS)
+    if unknown:
+        raise PolicyViolation("known-config-keys",
+                              f"unknown key(s) {unknown}; allowed: {sorted(TRAIN_CONFIG_KEYS)}")
+    lr = _number(config, "lr", float)
+    epochs = _number(config, "local-epochs", int)
+    batch = _number(config, "batch-size", int)
+    mu = _number(config, "proximal-mu", float, default=0.0)
+    server_round = _number(config, "server-round", int, default=1)
+    _within("lr-range", lr, policy.lr_min, policy.lr_max)
+    _within("local-epochs-range", epochs, 1, policy.local_epochs_max)
+    _within("batch-size-range", batch, policy.batch_size_min, policy.batch_size_max)
+    _within("proximal-mu-range", mu, 0.0, policy.proximal_mu_max)
+    _within("server-round-range", server_round, 1, policy.rounds_max)
+    return TrainConfig(lr=lr, local_epochs=epochs, batch_size=batch, proximal_mu=mu,
+                       server_round=server_round, seed=seed)
+
+
+def check_content_keys(content: RecordDict, allowed: set[str], rule: str) -> None:
+    """Refuse a message whose records are not exactly the expected ones."""
+    extra = sorted(set(content.keys()) - allowed)
+    if extra:
+        raise PolicyViolation(rule, f"unexpected record(s) {extra}; allowed: {sorted(allowed)}")
+
+
+#: Array dtypes accepted from a strategy (adaptive optimisers may send float64).
+INCOMING_DTYPES = frozenset({"float16", "float32", "float64"})
+
+
+def check_arrays(arrays: object, expected: dict[str, tuple[int, ...]],
+                 policy: WorkspacePolicy, dtypes: frozenset[str] = INCOMING_DTYPES,
+                 rule: str = "model-arrays") -> None:
+    """Arrays must be exactly the model's: same names and shapes, float, finite, within size."""
+    if not isinstance(arrays, ArrayRecord):
+        raise PolicyViolation(rule, "model weights must be an ArrayRecord")
+    if list(arrays.keys()) != list(expected):
+        raise PolicyViolation(rule, "array names differ from the model the node built")
+    total = 0
+    for name, array in arrays.items():
+        if tuple(array.shape) != expected[name]:
+            raise PolicyViolation(rule, f"'{name}' must have shape {expected[name]}")
+        if array.dtype not in dtypes:
+            raise PolicyViolation(rule, f"'{name}' must have a dtype in {sorted(dtypes)}")
+        total += len(array.data)
+        if total > policy.max_array_bytes:
+            raise PolicyViolation("max-array-bytes", f"arrays exceed {policy.max_array_bytes} bytes")
+        if not np.isfinite(array.numpy()).all():
+            raise PolicyViolation("finite-arrays", f"'{name}' has NaN or infinite entries")
+
+
+def check_reply(reply: RecordDict, expected: dict[str, tuple[int, ...]] | None,
+                metric_keys: frozenset[str], policy: WorkspacePolicy) -> None:
+    """The export whitelist: the last check before anything leaves the node.
+
+    Raises
+    ------
+    ReplyRefused
+        The reply holds anything but the model's arrays (when ``expected``) and
+        finite scalars named in ``metric_keys``.
+    """
+    allowed = {"metrics"} | ({"arrays"} if expected is not None else set())
+    if set(reply.keys()) != allowed:
+        raise ReplyRefused(f"a reply holds exactly the records {sorted(allowed)}")
+    metrics = reply["metrics"]
+    if not isinstance(metrics, MetricRecord) or set(metrics.keys()) - metric_keys:
+        raise ReplyRefused(f"reply metrics must be scalars named in {sorted(metric_keys)}")
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in metrics.values()):
+        raise ReplyRefused("reply metrics must be finite scalars")
+    if expected is not None:
+        try:
+            check_arrays(reply["arrays"], expected, policy, dtypes=frozenset({"float32"}))
+        except PolicyViolation as ex:
+            raise ReplyRefused(f"reply arrays refused: {ex}") from None
+
+
+def _number(config: ConfigRecord, key: str, kind: type, default: float | None = None) -> float:
+    """Read a scalar config value of the given kind, or refuse by rule name."""
+    if key not in config:
+        if default is None:
+            raise PolicyViolation("required-config-keys", f"the train config needs '{key}'")
+        return kind(default)
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyViolation(f"{key}-type", f"'{key}' must be a number")
+    if kind is int and float(value) != int(value):
+        raise PolicyViolation(f"{key}-type", f"'{key}' must be a whole number")
+    return kind(value)
+
+
+def _within(rule: str, value: float, low: float, high: float) -> None:
+    """Refuse values outside [low, high] (and NaN)."""
+    if not low <= value <= high:
+        raise PolicyViolation(rule, f"must lie in [{low}, {high}]")

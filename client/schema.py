@@ -1,0 +1,50 @@
+"""The published column schema of the cohort (what any contributor may know)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GENE_COLUMNS: tuple[str, ...] = tuple(f"gene_{i}" for i in range(200))
+CLINICAL_COLUMNS: tuple[str, ...] = tuple(f"clinical_{i}" for i in range(29))
+SIGNATURE_COLUMNS: tuple[str, ...] = tuple(f"signature_{i}" for i in range(21))
+CATEGORICAL_LEVELS: dict[str, tuple[str, ...]] = {
+    "sex": ("female", "male"),
+    "onset": ("childhood", "juvenile", "adult"),
+}
+ID_COLUMN = "patient_id"
+LABEL_COLUMN = "progression"
+CLASSES: tuple[str, ...] = ("Slow", "Medium", "Fast")
+
+
+@dataclass(frozen=True)
+class CohortSchema:
+    """Column groups, categorical levels and class labels of the cohort.
+
+    Attributes
+    ----------
+    numeric : tuple of str
+        The 250 numerical feature columns (genes, clinical, signatures).
+    categorical : dict of str to tuple of str
+        The 2 categorical feature columns and their allowed levels.
+    """
+
+    numeric: tuple[str, ...] = GENE_COLUMNS + CLINICAL_COLUMNS + SIGNATURE_COLUMNS
+    categorical: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: dict(CATEGORICAL_LEVELS)
+    )
+    id_column: str = ID_COLUMN
+    label_column: str = LABEL_COLUMN
+    classes: tuple[str, ...] = CLASSES
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        """All feature columns, numeric first, in file order."""
+        return self.numeric + tuple(self.categorical)
+
+    @property
+    def all_columns(self) -> tuple[str, ...]:
+        """Every column a cohort file must have."""
+        return (self.id_column, *self.feature_columns, self.label_column)
+
+
+SCHEMA = CohortSchema()

@@ -1,0 +1,75 @@
+"""The node operator's settings: where the cohort is, where the record goes, the policy.
+
+These come from the foundation, never from a run: in simulation the workspace
+passes them in; in deployment they come from the SuperNode's ``--node-config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from flwr.app.user_config import UserConfig
+from omegaconf import OmegaConf
+
+from client.errors import NodeError
+from client.policy import WorkspacePolicy
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything the node needs that is not in a run.
+
+    Attributes
+    ----------
+    data_path : str
+        The cohort file (CSV or Parquet).
+    tracking_uri : str
+        The MLflow store of the official record.
+    device : str
+        ``auto`` (GPU when there is one), ``cpu`` or ``cuda[:N]``.
+    """
+
+    data_path: str
+    tracking_uri: str
+    holdout_size: int = 128
+    split_seed: int = 0
+    device: str = "auto"
+    policy: WorkspacePolicy = field(default_factory=WorkspacePolicy)
+
+    @classmethod
+    def from_node_config(cls, node_config: UserConfig) -> NodeSettings:
+        """Read ``--node-config`` keys: data-path, tracking-uri, and optional
+        holdout-size, split-seed, device, workspace (a ``conf/workspace`` file name)."""
+        for key in ("data-path", "tracking-uri"):
+            if key not in node_config:
+                raise NodeError(f"the node needs --node-config '{key}=...'")
+        workspace = str(node_config.get("workspace", "pilot"))
+        return cls(
+            data_path=str(node_config["data-path"]),
+            tracking_uri=str(node_config["tracking-uri"]),
+            holdout_size=int(node_config.get("holdout-size", 128)),
+            split_seed=int(node_config.get("split-seed", 0)),
+            device=str(node_config.get("device", "auto")),
+            policy=load_policy(CONF_DIR / "workspace" / f"{workspace}.yaml"),
+        )
+
+
+def policy_from_mapping(limits: dict) -> WorkspacePolicy:
+    """Build a policy from a ``limits`` mapping, refusing unknown keys."""
+    known = {f.name for f in fields(WorkspacePolicy)}
+    unknown = sorted(set(limits) - known)
+    if unknown:
+        raise NodeError(f"unknown workspace limit(s) {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in limits.items()}
+    return WorkspacePolicy(**values)
+
+
+def load_policy(path: Path) -> WorkspacePolicy:
+    """Read the ``limits`` section of a workspace policy YAML file."""
+    if not path.is_file():
+        raise NodeError(f"no workspace policy at {path}")
+    limits = OmegaConf.to_container(OmegaConf.load(path).get("limits", {}), resolve=True)
+    return policy_from_mapping(limits)

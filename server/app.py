@@ -1,0 +1,112 @@
+"""The ServerApp: hosts one contributor's strategy through the two phases.
+
+1. out of the box: the initial weights go to every node, which scores its
+   holdout and writes the score to the official record itself;
+2. fine-tuning: the contributor's strategy runs its rounds (``Strategy.start``);
+3. final: the fine-tuned weights go to every node for the final holdout score.
+
+Nothing here sees a score: the nodes reply only that they recorded it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
+from hydra.utils import instantiate
+
+from client.schema import SCHEMA
+from models import build_model
+from models.features import StandardFeatures
+from server.submission import Submission
+
+#: Called with (phase, done, total): phase is "oob", "round" or "final".
+Progress = Callable[[str, int, int], None]
+
+
+class SubmissionFailed(RuntimeError):
+    """A phase of the submission did not complete; the message says which and why."""
+
+
+def build_server_app(progress: Progress | None = None, node_timeout: float = 120.0) -> ServerApp:
+    """The workspace's ServerApp, reading the submission from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        host_submission(grid, Submission.from_run_config(context.run_config), progress,
+                        node_timeout)
+
+    return app
+
+
+def host_submission(grid: Grid, submission: Submission, progress: Progress | None = None,
+                    node_timeout: float = 120.0) -> None:
+    """Drive one submission through out-of-the-box scoring, training and final scoring."""
+    report = progress or (lambda phase, done, total: None)
+    node_ids = wait_for_nodes(grid, node_timeout)
+    strategy = build_strategy(submission.strategy, len(node_ids))
+    initial = initial_arrays(submission)
+
+    ask_nodes(grid, node_ids, "query.holdout_oob", RecordDict({"arrays": initial}))
+    report("oob", 1, 1)
+
+    def on_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        report("round", server_round, submission.num_rounds)
+        return None  # no server-side evaluation: the server holds no data
+
+    result = strategy.start(grid, initial, submission.num_rounds,
+                            train_config=ConfigRecord(submission.train_config()),
+                            evaluate_fn=on_round)
+    if len(result.train_metrics_clientapp) < submission.num_rounds:
+        raise SubmissionFailed(
+            f"only {len(result.train_metrics_clientapp)} of {submission.num_rounds} rounds "
+            "aggregated a reply; the node's refusals are in the ServerApp log")
+    ask_nodes(grid, node_ids, "query.holdout_final", RecordDict({"arrays": result.arrays}))
+    report("final", 1, 1)
+
+
+def build_strategy(config: dict, n_nodes: int) -> Strategy:
+    """Instantiate a strategy from ``_target_`` config; node minimums = real node count.
+
+    Flower's FedAvg family defaults to 2 minimum nodes and waits forever with one.
+    """
+    strategy = instantiate(dict(config))
+    for attribute in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+        if hasattr(strategy, attribute):
+            setattr(strategy, attribute, min(getattr(strategy, attribute), n_nodes))
+    return strategy
+
+
+def initial_arrays(submission: Submission) -> ArrayRecord:
+    """The submitted model's starting weights, from the model spec and seed."""
+    width = StandardFeatures(SCHEMA.numeric, SCHEMA.categorical).n_features
+    model = build_model(submission.model, width, len(SCHEMA.classes), submission.seed)
+    return ArrayRecord(model.state_dict())
+
+
+def wait_for_nodes(grid: Grid, timeout: float) -> list[int]:
+    """Node ids connected to this run, waiting up to ``timeout`` seconds for the first."""
+    deadline = time.monotonic() + timeout
+    while not (node_ids := sorted(grid.get_node_ids())):
+        if time.monotonic() > deadline:
+            raise SubmissionFailed(f"no node connected within {timeout:.0f} s")
+        time.sleep(0.5)
+    return node_ids
+
+
+def ask_nodes(grid: Grid, node_ids: list[int], message_type: str, content: RecordDict) -> None:
+    """Send one request to every node; raise with the node's reason if any refuses."""
+    messages = [Message(content, node_id, message_type) for node_id in node_ids]
+    replies = list(grid.send_and_receive(messages))
+    for reply in replies:
+        if reply.has_error():
+            raise SubmissionFailed(f"{message_type} refused by node: {reply.error.reason}")
+    if len(replies) != len(node_ids):
+        raise SubmissionFailed(f"{message_type}: {len(node_ids) - len(replies)} node(s) did not reply")
+
+
+app = build_server_app()

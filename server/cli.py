@@ -1,0 +1,148 @@
+"""The ``cohortfl`` command: demo, run, leaderboard.
+
+    cohortfl demo [HYDRA_OVERRIDE ...]       the pilot's submissions on a synthetic cohort
+    cohortfl run [HYDRA_OVERRIDE ...]        one submission (conf/config.yaml)
+    cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+# Nothing leaves this machine: no Flower or Ray telemetry.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cohortfl`` console script."""
+    parser = argparse.ArgumentParser(prog="cohortfl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("demo", "run the pilot's submissions on the embedded defaults"),
+                       ("run", "run one submission")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. strategy=fedprox")
+        command.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
+    board = commands.add_parser("leaderboard", help="print the leaderboard from an MLflow store")
+    board.add_argument("--tracking-uri", default=None,
+                       help="MLflow store (default: sqlite:///cohortfl-demo/mlflow.db)")
+    board.add_argument("--experiment", default=None, help="experiment (default: from conf)")
+    board.add_argument("--batch", default=None, help="only the submissions of one demo batch")
+    args = parser.parse_args(argv)
+    if args.command == "leaderboard":
+        return leaderboard(args.tracking_uri, args.experiment, args.batch)
+    return submit_all(args.overrides, demo=args.command == "demo", verbose=args.verbose)
+
+
+def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
+    """Compose the config, prepare the cohort, run the submissions, print the table."""
+    from client.errors import NodeError
+    from server.config import compose_config, node_settings, output_dir, submission_from_config
+    from server.leaderboard import format_leaderboard, read_leaderboard
+    from server.workspace import Workspace
+
+    started = time.perf_counter()
+    try:
+        cfg = compose_config(overrides)
+        plans = ([[*s.overrides, f"contributor={s.contributor}", *overrides]
+                  for s in cfg.demo.submissions] if demo else [overrides])
+        submissions = [submission_from_config(compose_config(p)) for p in plans]
+        prepare_cohort(cfg)
+        node = node_settings(cfg)
+        workspace = Workspace(node, str(cfg.tracking.experiment),
+                              artifact_dir=output_dir(cfg) / "mlartifacts", verbose=verbose)
+    except (NodeError, ValueError, OSError) as ex:  # Hydra's errors are ValueErrors too
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+
+    batch = time.strftime("%Y%m%dT%H%M%S")
+    parallel = min(int(cfg.workspace.parallel_runs), len(submissions))
+    print(f"{len(submissions)} submission(s), {parallel} at a time:")
+    for submission in submissions:
+        print(f"  {submission.contributor}: {submission.strategy_name} + {submission.model.name}, "
+              f"{submission.num_rounds} rounds")
+    outcomes = workspace.submit_all(submissions, batch=batch, parallel=parallel,
+                                    progress=partial(ConsoleProgress, started=time.time()))
+    failed = 0
+    for outcome in outcomes:
+        if not outcome.ok:
+            failed += 1
+            print(f"{outcome.submission.contributor} failed: {outcome.error}", file=sys.stderr)
+
+    print()
+    print(format_leaderboard(read_leaderboard(node.tracking_uri, str(cfg.tracking.experiment),
+                                              batch=batch)))
+    print()
+    wall = time.perf_counter() - started
+    print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "
+          f"peak memory {peak_memory_mb():.0f} MB (largest single process)")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {node.tracking_uri} --port 5000")
+    print(f"Leaderboard: cohortfl leaderboard --tracking-uri {node.tracking_uri}")
+    return 1 if failed else 0
+
+
+def prepare_cohort(cfg) -> None:  # cfg: DictConfig
+    """Write the synthetic cohort file when the config asks for one."""
+    if cfg.cohort.kind != "synthetic":
+        return
+    from client.synthetic import generate_cohort
+
+    path = Path(str(cfg.cohort.path)).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = generate_cohort(int(cfg.cohort.seed))
+    table.to_parquet(path, index=False)
+    print(f"synthetic cohort: {len(table)} records, {table.shape[1] - 2} features -> {path}")
+
+
+def leaderboard(tracking_uri: str | None, experiment: str | None, batch: str | None) -> int:
+    """Print the leaderboard of an MLflow store."""
+    from server.config import compose_config
+    from server.config import tracking_uri as default_uri
+    from server.leaderboard import format_leaderboard, read_leaderboard
+
+    cfg = compose_config()
+    try:
+        rows = read_leaderboard(tracking_uri or default_uri(cfg),
+                                experiment or str(cfg.tracking.experiment), batch)
+    except LookupError as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    print(format_leaderboard(rows))
+    return 0
+
+
+
+
+class ConsoleProgress:
+    """Prints one submission's phases and every quarter of its rounds, one line each."""
+
+    def __init__(self, submission, started: float) -> None:  # submission: Submission
+        self.label = submission.contributor
+        self.started = started  # the demo's clock: time.time() when it began
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        """Report that ``done`` of ``total`` steps of ``phase`` are complete."""
+        if phase == "round" and (done == 0 or done not in {total, *(total * q // 4 for q in (1, 2, 3))}):
+            return
+        text = {"oob": "holdout out of the box recorded by the node",
+                "final": "final holdout recorded by the node"}.get(phase, f"round {done}/{total}")
+        print(f"  [{self.label}] {text} (at {time.time() - self.started:.1f} s)", flush=True)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process or its largest finished child, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main())

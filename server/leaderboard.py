@@ -1,0 +1,75 @@
+"""The leaderboard: one row per finished submission, read back from MLflow."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from server.workspace import TAG_BATCH, TAG_CONTRIBUTOR
+
+
+@dataclass(frozen=True)
+class Row:
+    """One submission's line on the leaderboard (scores as the node recorded them)."""
+
+    contributor: str
+    strategy: str
+    model: str
+    out_of_the_box: float
+    fine_tuned: float
+    fast_recall: float
+    compute_pf: float
+    run_id: str
+
+    @property
+    def gain(self) -> float:
+        """Fine-tuned minus out-of-the-box macro-F1."""
+        return self.fine_tuned - self.out_of_the_box
+
+
+def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = None) -> list[Row]:
+    """Finished submissions of ``experiment``, best fine-tuned macro-F1 first.
+
+    Raises
+    ------
+    LookupError
+        The store has no such experiment.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no experiment '{experiment}' in {tracking_uri}")
+    query = "attributes.status = 'FINISHED'"
+    if batch:
+        query += f" and tags.`{TAG_BATCH}` = '{batch}'"
+    runs = client.search_runs([found.experiment_id], filter_string=query,
+                              order_by=["metrics.holdout_macro_f1 DESC"], max_results=1000)
+    return [
+        Row(
+            contributor=run.data.tags.get(TAG_CONTRIBUTOR, "?"),
+            strategy=run.data.params.get("strategy", "?"),
+            model=run.data.params.get("model", "?"),
+            out_of_the_box=run.data.metrics.get("holdout_oob_macro_f1", math.nan),
+            fine_tuned=run.data.metrics.get("holdout_macro_f1", math.nan),
+            fast_recall=run.data.metrics.get("holdout_recall_fast", math.nan),
+            compute_pf=run.data.metrics.get("compute_pf", math.nan),
+            run_id=run.info.run_id,
+        )
+        for run in runs
+    ]
+
+
+def format_leaderboard(rows: list[Row]) -> str:
+    """A fixed-width text table shaped like the pilot's."""
+    header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
+              "gain", "Fast recall", "compute (PF)")
+    lines = [(r.contributor, r.strategy, r.model, f"{r.out_of_the_box:.3f}",
+              f"{r.fine_tuned:.3f}", f"{r.gain:+.3f}", f"{r.fast_recall:.3f}",
+              f"{r.compute_pf:.3g}") for r in rows]
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    body = [fmt.format(*row) for row in lines] or ["(no finished submissions)"]
+    return "\n".join([fmt.format(*header), rule, *body])

@@ -1,0 +1,134 @@
+"""The workspace: turns submissions into MLflow runs and Flower runs.
+
+The workspace creates each submission's MLflow run (params, identity tags),
+hands the run id to the node through the run config, starts the Flower run,
+and closes the MLflow run as finished or failed. It writes no scores: those
+come from the node.
+
+Flower runs can go in parallel, each in its own process with its own
+simulation engine: a run spends most of its wall time starting up, not
+computing, so two at a time on two cores nearly halve the demo's time.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from client.settings import NodeSettings
+from server.app import Progress
+from server.submission import Submission
+
+TAG_CONTRIBUTOR = "cohortfl.contributor"
+TAG_BATCH = "cohortfl.batch"
+TAG_ERROR = "cohortfl.error"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one submission ended."""
+
+    submission: Submission
+    ok: bool
+    error: str = ""
+
+
+class Workspace:
+    """Submits runs for one node and one MLflow experiment.
+
+    Parameters
+    ----------
+    node : NodeSettings
+        The (simulated) node's settings, foundation-owned.
+    experiment : str
+        MLflow experiment that holds the leaderboard.
+    artifact_dir : Path, optional
+        Where a new experiment keeps its artifacts.
+    """
+
+    def __init__(self, node: NodeSettings, experiment: str, artifact_dir: Path | None = None,
+                 verbose: bool = False) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.node = node
+        self.verbose = verbose
+        self.client = MlflowClient(node.tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=artifact_dir.resolve().as_uri() if artifact_dir else None)
+
+    def submit_all(self, submissions: list[Submission], batch: str = "", parallel: int = 1,
+                   progress: Callable[[Submission], Progress] | None = None) -> list[Outcome]:
+        """Run submissions end to end, ``parallel`` at a time; failures are recorded, not raised.
+
+        Outcomes come back in the order the runs finish.
+        """
+        opened = [self._open(s, batch) for s in submissions]
+        outcomes = []
+        if parallel <= 1:
+            for submission in opened:
+                error = simulate(submission, self.node, self.verbose,
+                                 progress(submission) if progress else None)
+                outcomes.append(self._close(submission, error))
+            return outcomes
+        context = multiprocessing.get_context("spawn")  # each run its own engine and Ray
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+            futures = {pool.submit(simulate, s, self.node, self.verbose,
+                                   progress(s) if progress else None): s for s in opened}
+            for future in as_completed(futures):
+                outcomes.append(self._close(futures[future], future.result()))
+        return outcomes
+
+    def _open(self, submission: Submission, batch: str) -> Submission:
+        """Create the submission's MLflow run; return the submission with its id."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{submission.contributor}-{submission.strategy_name}",
+            tags={TAG_CONTRIBUTOR: submission.contributor, TAG_BATCH: batch})
+        for key, value in {**submission.params(), "code_version": code_version()}.items():
+            self.client.log_param(run.info.run_id, key, value)
+        return replace(submission, submission_id=run.info.run_id)
+
+    def _close(self, submission: Submission, error: str) -> Outcome:
+        """Mark the run finished, or failed with the reason."""
+        if error:
+            self.client.set_tag(submission.submission_id, TAG_ERROR, error[:5000])
+        self.client.set_terminated(submission.submission_id, "FAILED" if error else "FINISHED")
+        return Outcome(submission, ok=not error, error=error)
+
+
+def simulate(submission: Submission, node: NodeSettings, verbose: bool,
+             progress: Progress | None) -> str:
+    """One Flower run on the simulation engine; returns the error text, empty on success."""
+    from client.app import build_client_app
+    from client.node import resolve_device
+    from server.app import build_server_app
+    from server.engine import run_simulation
+
+    try:
+        run_simulation(build_server_app(progress), build_client_app(node),
+                       submission.to_run_config(),
+                       use_gpu=resolve_device(node.device).type == "cuda", verbose=verbose)
+    except Exception as ex:
+        return f"{type(ex).__name__}: {ex}"
+    return ""
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when running from a checkout."""
+    try:
+        text = version("cohortfl")
+    except PackageNotFoundError:
+        text = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5, cwd=Path(__file__).parent)
+        if commit.returncode == 0:
+            text += f"+g{commit.stdout.strip()}"
+    except OSError:
+        pass
+    return text
