@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -70,7 +71,7 @@ class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.cohort = ResidentCohort(settings)
-        self.meter = FlopMeter()
+        self.meter = FlopMeter(Path(settings.state_dir) / "flops.sqlite" if settings.state_dir else None)
 
     @classmethod
     def for_settings(cls, settings: NodeSettings) -> Node:

@@ -48,6 +48,8 @@ def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int)
     PolicyViolation
         An unknown key, a missing key or a value outside the policy.
     """
+    if not isinstance(config, ConfigRecord):
+        raise PolicyViolation("message-records", "a train message carries its config as a ConfigRecord")
     unknown = sorted(set(config.keys()) - TRAIN_CONFIG_KEYS)
     if unknown:
         raise PolicyViolation("known-config-keys",
@@ -87,14 +89,18 @@ def check_arrays(arrays: object, expected: dict[str, tuple[int, ...]],
         raise PolicyViolation(rule, "array names differ from the model the node built")
     total = 0
     for name, array in arrays.items():
-        if tuple(array.shape) != expected[name]:
-            raise PolicyViolation(rule, f"'{name}' must have shape {expected[name]}")
-        if array.dtype not in dtypes:
-            raise PolicyViolation(rule, f"'{name}' must have a dtype in {sorted(dtypes)}")
         total += len(array.data)
         if total > policy.max_array_bytes:
             raise PolicyViolation("max-array-bytes", f"arrays exceed {policy.max_array_bytes} bytes")
-        if not np.isfinite(array.numpy()).all():
+        try:  # judge the data itself, not only the shape and dtype it declares
+            values = array.numpy()
+        except Exception:
+            raise PolicyViolation(rule, f"'{name}' is not a readable array") from None
+        if tuple(array.shape) != expected[name] or values.shape != expected[name]:
+            raise PolicyViolation(rule, f"'{name}' must have shape {expected[name]}")
+        if array.dtype not in dtypes or values.dtype.name not in dtypes:
+            raise PolicyViolation(rule, f"'{name}' must have a dtype in {sorted(dtypes)}")
+        if not np.isfinite(values).all():
             raise PolicyViolation("finite-arrays", f"'{name}' has NaN or infinite entries")
 
 
@@ -130,8 +136,8 @@ def _number(config: ConfigRecord, key: str, kind: type, default: float | None = 
             raise PolicyViolation("required-config-keys", f"the train config needs '{key}'")
         return kind(default)
     value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PolicyViolation(f"{key}-type", f"'{key}' must be a number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PolicyViolation(f"{key}-type", f"'{key}' must be a finite number")
     if kind is int and float(value) != int(value):
         raise PolicyViolation(f"{key}-type", f"'{key}' must be a whole number")
     return kind(value)

@@ -30,6 +30,9 @@ class NodeSettings:
         The MLflow store of the official record.
     device : str
         ``auto`` (GPU when there is one), ``cpu`` or ``cuda[:N]``.
+    state_dir : str
+        The node's own directory for what it keeps between runs (FLOP counts);
+        empty: keep nothing.
     """
 
     data_path: str
@@ -37,12 +40,13 @@ class NodeSettings:
     holdout_size: int = 128
     split_seed: int = 0
     device: str = "auto"
+    state_dir: str = ""
     policy: WorkspacePolicy = field(default_factory=WorkspacePolicy)
 
     @classmethod
     def from_node_config(cls, node_config: UserConfig) -> NodeSettings:
         """Read ``--node-config`` keys: data-path, tracking-uri, and optional
-        holdout-size, split-seed, device, workspace (a ``conf/workspace`` file name)."""
+        holdout-size, split-seed, device, state-dir, workspace (a ``conf/workspace`` name)."""
         for key in ("data-path", "tracking-uri"):
             if key not in node_config:
                 raise NodeError(f"the node needs --node-config '{key}=...'")
@@ -53,6 +57,7 @@ class NodeSettings:
             holdout_size=int(node_config.get("holdout-size", 128)),
             split_seed=int(node_config.get("split-seed", 0)),
             device=str(node_config.get("device", "auto")),
+            state_dir=str(node_config.get("state-dir", "")),
             policy=load_policy(CONF_DIR / "workspace" / f"{workspace}.yaml"),
         )
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,27 +39,43 @@ class TrainResult:
 class FlopMeter:
     """Counts the FLOPs of training steps with torch's ``FlopCounterMode``.
 
-    Counting every step costs several times the step itself, so the meter runs
+    Counting a step costs several times the step, and the counter's first use
+    in a process imports ``torch._dynamo`` (about 1.5 s here). So the meter runs
     the counter on the first real step of each distinct step shape (model
-    architecture, batch size, proximal term on or off) and charges that exact
-    count for later steps of the same shape: for dense layers the FLOPs of a step
-    depend only on its shape. The cache lives as long as the meter.
+    architecture, batch size, proximal term on or off, torch version) and
+    charges that exact count for later steps of the same shape: the FLOPs of a
+    dense step depend only on its shape. Counts are kept in memory and, given a
+    ``store`` path, in a SQLite file the node keeps across processes and runs.
     """
 
-    def __init__(self) -> None:
-        self._per_step: dict[tuple[object, ...], int] = {}
+    def __init__(self, store: str | Path | None = None) -> None:
+        self._per_step: dict[str, int] = {}
+        self._store = Path(store) if store else None
         self.total = 0
+        if self._store:
+            self._store.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self._store)) as db, db:
+                db.execute("CREATE TABLE IF NOT EXISTS step_flops (shape TEXT PRIMARY KEY, flops INTEGER)")
+                self._per_step.update(db.execute("SELECT shape, flops FROM step_flops"))
 
-    def run(self, shape_key: tuple[object, ...], step: callable) -> None:
+    def run(self, shape_key: tuple[object, ...], step: Callable[[], None]) -> None:
         """Run ``step()`` and add its FLOPs to ``total``."""
-        flops = self._per_step.get(shape_key)
+        key = repr((torch.__version__, *shape_key))
+        flops = self._per_step.get(key)
         if flops is None:
             with FlopCounterMode(display=False) as counter:
                 step()
-            flops = self._per_step[shape_key] = int(counter.get_total_flops())
+            flops = self._per_step[key] = int(counter.get_total_flops())
+            self._remember(key, flops)
         else:
             step()
         self.total += flops
+
+    def _remember(self, key: str, flops: int) -> None:
+        """Keep a new count in the store (concurrent writers agree: same key, same count)."""
+        if self._store:
+            with closing(sqlite3.connect(self._store, timeout=30)) as db, db:
+                db.execute("INSERT OR IGNORE INTO step_flops VALUES (?, ?)", (key, flops))
 
 
 def architecture_key(model: nn.Module) -> tuple[object, ...]:
@@ -91,24 +111,27 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     loss_sum = torch.zeros((), device=x.device)
     started = time.perf_counter()
 
-    for _ in range(config.local_epochs):
-        loss_sum.zero_()
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, config.batch_size):
-            batch = order[start:start + config.batch_size]
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # dropout draws from (seed, round) too
+        torch.manual_seed(config.seed * 1_000_003 + config.server_round)
+        for _ in range(config.local_epochs):
+            loss_sum.zero_()
+            order = torch.randperm(n, generator=generator).to(x.device)
+            for start in range(0, n, config.batch_size):
+                batch = order[start:start + config.batch_size]
 
-            def step(batch: torch.Tensor = batch) -> None:
-                optimizer.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-                if anchor is not None:
-                    pairs = zip(model.parameters(), anchor, strict=True)
-                    drift = sum((p - a).pow(2).sum() for p, a in pairs)
-                    loss = loss + 0.5 * config.proximal_mu * drift
-                loss.backward()
-                optimizer.step()
-                loss_sum.add_(loss.detach() * len(batch))
+                def step(batch: torch.Tensor = batch) -> None:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+                    if anchor is not None:
+                        pairs = zip(model.parameters(), anchor, strict=True)
+                        drift = sum((p - a).pow(2).sum() for p, a in pairs)
+                        loss = loss + 0.5 * config.proximal_mu * drift
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum.add_(loss.detach() * len(batch))
 
-            meter.run((arch, len(batch), anchor is not None), step)
+                meter.run((arch, len(batch), anchor is not None), step)
 
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)

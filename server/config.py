@@ -52,5 +52,6 @@ def node_settings(cfg: DictConfig) -> NodeSettings:
         tracking_uri=tracking_uri(cfg),
         holdout_size=int(cfg.cohort.holdout_size),
         split_seed=int(cfg.cohort.split_seed),
+        state_dir=str(output_dir(cfg) / "node-state"),
         policy=policy_from_mapping(OmegaConf.to_container(cfg.workspace.limits, resolve=True)),
     )

@@ -1,0 +1,113 @@
+"""One submission through Flower's simulation engine, as a user runs it.
+
+Runs the real ``cohortfl`` command in a subprocess (its own Ray, its own
+MLflow SQLite store in a temporary directory), then reads the store back.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from client.holdout import score_predictions
+from client.node import ResidentCohort
+from client.settings import NodeSettings
+from client.training import FlopMeter, TrainConfig, predict, train_local
+from models import ModelSpec, build_model
+
+ROUNDS = 4
+LR = 0.1
+
+
+def cohortfl(*args, cwd):
+    env = {**os.environ, "FLWR_HOME": str(cwd / "flwr-home")}
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A linear model fine-tuned for a few FedAvg rounds; returns (store, run, tmp dir)."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    done = cohortfl("run", "model=linear", "strategy=fedavg", f"lr={LR}", "contributor=alice",
+                    f"workspace.num_rounds={ROUNDS}", "workspace.parallel_runs=1",
+                    f"output_dir={tmp}", cwd=tmp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("cohortfl-leaderboard").experiment_id])
+    return uri, run, tmp, done.stdout
+
+
+def test_the_run_holds_params_scores_series_compute_and_figure(finished_run):
+    uri, run, _, _ = finished_run
+    assert run.info.status == "FINISHED"
+    params, metrics = run.data.params, run.data.metrics
+    for key in ("contributor", "strategy", "model", "lr", "cohort_digest", "code_version"):
+        assert params[key]
+    assert params["contributor"] == "alice" and params["strategy"] == "FedAvg"
+    for key in ("holdout_oob_macro_f1", "holdout_macro_f1", "holdout_recall_fast",
+                "holdout_recall_slow", "holdout_f1_medium", "compute_flops", "compute_device_seconds"):
+        assert key in metrics
+    assert metrics["holdout_macro_f1"] > metrics["holdout_oob_macro_f1"]
+    # the linear model's counted FLOPs: 4 x records x inputs x classes, per round
+    assert metrics["compute_flops"] == ROUNDS * 4 * 512 * 255 * 3
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(1, ROUNDS + 1))
+    artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)]
+    assert "holdout_confusion_matrix.png" in artifacts
+
+
+def test_no_cohort_rows_reach_mlflow(finished_run):
+    uri, run, _, _ = finished_run
+    client = MlflowClient(uri)
+    assert not run.inputs.dataset_inputs  # no dataset logging
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"holdout_confusion_matrix.png"}
+
+
+def test_leaderboard_command_reads_the_store(finished_run):
+    uri, run, tmp, _ = finished_run
+    shown = cohortfl("leaderboard", "--tracking-uri", uri, cwd=tmp)
+    assert shown.returncode == 0, shown.stderr
+    header, _, row = shown.stdout.splitlines()[:3]
+    assert "out of the box" in header and "after fine-tuning" in header and "compute (PF)" in header
+    assert row.split()[:3] == ["alice", "FedAvg", "linear"]
+    assert f"{run.data.metrics['holdout_macro_f1']:.3f}" in row
+
+
+def test_leaderboard_on_a_store_without_the_experiment_says_so(tmp_path):
+    shown = cohortfl("leaderboard", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db", cwd=tmp_path)
+    assert shown.returncode == 2 and "no experiment" in shown.stderr
+
+
+def test_federated_with_one_node_matches_central_training(finished_run):
+    """Same seed, epochs and batches: FedAvg over one node is central SGD, round by round."""
+    uri, run, tmp, _ = finished_run
+    node = ResidentCohort(NodeSettings(data_path=str(tmp / "cohort.parquet"), tracking_uri=uri,
+                                       device="cpu"))
+    model = build_model(ModelSpec("linear"), node.n_features, 3, seed=0)
+    meter = FlopMeter()
+    for server_round in range(1, ROUNDS + 1):
+        train_local(model, node.x_train, node.y_train,
+                    TrainConfig(lr=LR, local_epochs=1, batch_size=32, server_round=server_round),
+                    meter)
+    central = score_predictions(node.y_holdout.numpy(), predict(model, node.x_holdout).numpy(),
+                                node.classes)
+    assert np.isclose(central.macro_f1, run.data.metrics["holdout_macro_f1"], atol=1e-9)
+    assert meter.total == run.data.metrics["compute_flops"]
+
+
+def test_progress_and_ui_hint_are_printed(finished_run):
+    *_, stdout = finished_run
+    assert f"round {ROUNDS}/{ROUNDS}" in stdout
+    assert "mlflow ui --backend-store-uri" in stdout
+
+
+def test_no_engine_process_is_left_running(finished_run):
+    left = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ClientAppActor"],
+                          capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout

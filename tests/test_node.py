@@ -1,0 +1,288 @@
+"""The node driven directly, without Flower's engine (client/node.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from mlflow.tracking import MlflowClient
+
+import client.node
+from client.cohort import load_cohort, split_cohort
+from client.errors import NodeError, PhaseViolation, PolicyViolation
+from client.holdout import score_predictions
+from client.node import Node
+from client.policy import TRAIN_METRIC_KEYS
+from client.runstate import CLOSED, NEW, SCORED_OOB, TRAINING, RunFacts, RunState
+from client.schema import SCHEMA
+from client.settings import NodeSettings
+from client.training import predict
+from models import ModelSpec
+from models.features import StandardFeatures
+
+HIDDEN = 16
+SPEC = ModelSpec("mlp", {"hidden": [HIDDEN]})
+N_TRAIN, N_FEATURES = 512, 255
+ROUND_FLOPS = 2 * N_TRAIN * (2 * N_FEATURES * HIDDEN + 3 * HIDDEN * 3)  # one epoch
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[str, str]:
+    """A sqlite MLflow store and an experiment whose artifacts stay in tmp."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    experiment = MlflowClient(uri).create_experiment("tests", artifact_location=str(root / "artifacts"))
+    return uri, experiment
+
+
+@pytest.fixture(scope="module")
+def settings(store, cohort_parquet) -> NodeSettings:
+    return NodeSettings(data_path=str(cohort_parquet), tracking_uri=store[0], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def node(settings) -> Node:
+    return Node(settings)
+
+
+def _new_run(store) -> str:
+    uri, experiment = store
+    return MlflowClient(uri).create_run(experiment).info.run_id
+
+
+@pytest.fixture
+def facts(store) -> RunFacts:
+    return RunFacts(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0)
+
+
+def _arrays(model: torch.nn.Module) -> ArrayRecord:
+    return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def _initial(node: Node, facts: RunFacts) -> ArrayRecord:
+    return _arrays(node.build(facts)[0])
+
+
+def _train_content(arrays: ArrayRecord, server_round: int = 1, **config) -> RecordDict:
+    values = {"lr": 0.05, "local-epochs": 1, "batch-size": 32, "server-round": server_round, **config}
+    return RecordDict({"arrays": arrays, "config": ConfigRecord(values)})
+
+
+def _plain(reply: RecordDict) -> dict:
+    return {key: dict(record) for key, record in reply.items()}
+
+
+def _score(node: Node, facts: RunFacts, arrays: ArrayRecord):
+    model = node.build(facts)[0]
+    model.load_state_dict(arrays.to_torch_state_dict())
+    y_pred = predict(model, node.cohort.x_holdout).numpy()
+    return score_predictions(node.cohort.y_holdout.numpy(), y_pred, SCHEMA.classes)
+
+
+# --- one complete submission, shared by the tests that inspect it -------------------
+
+
+@dataclass
+class Finished:
+    facts: RunFacts
+    state: RunState
+    submitted: ArrayRecord
+    oob_reply: RecordDict
+    train_replies: list[RecordDict]
+    final_reply: RecordDict
+
+
+@pytest.fixture(scope="module")
+def finished(node, store) -> Finished:
+    facts = RunFacts(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0)
+    state = RunState()
+    submitted = _initial(node, facts)
+    oob_reply = node.score_out_of_the_box(RecordDict({"arrays": submitted}), facts, state)
+    assert state.phase == SCORED_OOB
+    arrays, replies = submitted, []
+    for server_round in range(1, ROUNDS + 1):
+        replies.append(node.train(_train_content(arrays, server_round), facts, state))
+        arrays = replies[-1]["arrays"]
+        assert state.phase == TRAINING
+    final_reply = node.score_final(RecordDict({"arrays": arrays}), facts, state)
+    return Finished(facts, state, submitted, oob_reply, replies, final_reply)
+
+
+def _run(store, finished: Finished):
+    return MlflowClient(store[0]).get_run(finished.facts.submission_id)
+
+
+def test_holdout_replies_carry_only_an_acknowledgement(finished):
+    assert _plain(finished.oob_reply) == {"metrics": {"recorded": 1}}
+    assert _plain(finished.final_reply) == {"metrics": {"recorded": 1}}
+    assert finished.state.phase == CLOSED
+
+
+def test_oob_score_of_the_submitted_model_is_recorded(store, finished, node, cohort_parquet):
+    run = _run(store, finished)
+    expected = _score(node, finished.facts, finished.submitted)
+    assert run.data.metrics["holdout_oob_macro_f1"] == pytest.approx(expected.macro_f1)
+    assert 0.0 <= run.data.metrics["holdout_oob_macro_f1"] <= 1.0
+    assert run.data.params["cohort_digest"] == hashlib.sha256(cohort_parquet.read_bytes()).hexdigest()
+    assert run.data.params["n_train"] == "512" and run.data.params["n_holdout"] == "128"
+
+
+def test_final_score_curve_and_compute_are_recorded(store, finished, node):
+    client = MlflowClient(store[0])
+    metrics = _run(store, finished).data.metrics
+    expected = _score(node, finished.facts, finished.train_replies[-1]["arrays"])
+    assert metrics["holdout_macro_f1"] == pytest.approx(expected.macro_f1)
+    assert metrics["holdout_recall_fast"] == pytest.approx(expected.recall["Fast"])
+    assert metrics["compute_flops"] > 0
+    assert metrics["compute_flops"] == ROUNDS * ROUND_FLOPS == finished.state.flops
+    assert metrics["rounds_trained"] == ROUNDS
+    history = sorted(client.get_metric_history(finished.facts.submission_id, "train_loss"),
+                     key=lambda m: m.step)
+    assert [m.step for m in history] == list(range(1, ROUNDS + 1))
+    losses = [reply["metrics"]["train-loss"] for reply in finished.train_replies]
+    assert [m.value for m in history] == pytest.approx(losses)
+    assert finished.state.losses == pytest.approx(losses)
+    artifacts = [a.path for a in client.list_artifacts(finished.facts.submission_id)]
+    assert "holdout_confusion_matrix.png" in artifacts
+
+
+def test_train_reply_carries_only_model_arrays_and_allowed_scalars(finished, node):
+    shapes = node.build(finished.facts)[1]
+    for reply in finished.train_replies:
+        assert set(reply.keys()) == {"arrays", "metrics"}
+        arrays = reply["arrays"]
+        assert list(arrays.keys()) == list(shapes)
+        assert {k: tuple(a.shape) for k, a in arrays.items()} == shapes
+        assert {a.dtype for a in arrays.values()} == {"float32"}
+        metrics = dict(reply["metrics"])
+        assert set(metrics) == TRAIN_METRIC_KEYS
+        assert metrics["num-examples"] == N_TRAIN
+        assert metrics["compute-flops"] == ROUND_FLOPS
+    before = finished.submitted["net.0.weight"].numpy()
+    after = finished.train_replies[0]["arrays"]["net.0.weight"].numpy()
+    assert not np.array_equal(before, after)  # the round trained the submitted weights
+
+
+def test_nothing_is_accepted_after_the_final_holdout(node, finished):
+    state = RunState(phase=finished.state.phase, rounds=list(finished.state.rounds))
+    arrays = finished.train_replies[-1]["arrays"]
+    for action, content in [(node.train, _train_content(arrays, ROUNDS + 1)),
+                            (node.score_out_of_the_box, RecordDict({"arrays": arrays})),
+                            (node.score_final, RecordDict({"arrays": arrays}))]:
+        with pytest.raises(PhaseViolation, match="submission-phases"):
+            action(content, finished.facts, state)
+    assert state.phase == CLOSED and state.rounds == list(range(1, ROUNDS + 1))
+
+
+# --- phases -----------------------------------------------------------------------
+
+
+def test_train_before_oob_scoring_is_refused(node, facts):
+    state = RunState()
+    with pytest.raises(PhaseViolation, match="submission-phases") as info:
+        node.train(_train_content(_initial(node, facts)), facts, state)
+    assert info.value.rule == "submission-phases"
+    assert state.phase == NEW and state.rounds == [] and state.flops == 0
+
+
+@pytest.mark.parametrize("phase", [NEW, SCORED_OOB])
+def test_final_before_any_training_is_refused(node, facts, phase):
+    state = RunState(phase=phase)
+    with pytest.raises(PhaseViolation, match="submission-phases"):
+        node.score_final(RecordDict({"arrays": _initial(node, facts)}), facts, state)
+    assert state.phase == phase
+
+
+def test_a_second_oob_scoring_is_refused(node, facts, store):
+    state = RunState()
+    content = RecordDict({"arrays": _initial(node, facts)})
+    node.score_out_of_the_box(content, facts, state)
+    with pytest.raises(PhaseViolation, match="submission-phases"):
+        node.score_out_of_the_box(content, facts, state)
+    assert state.phase == SCORED_OOB
+    history = MlflowClient(store[0]).get_metric_history(facts.submission_id, "holdout_oob_macro_f1")
+    assert len(history) == 1
+
+
+# --- incoming checks through the node ----------------------------------------------
+
+
+def _metrics(store, facts) -> dict:
+    return MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
+
+
+def _wrong_shapes(node, facts) -> ArrayRecord:
+    wide = ModelSpec("mlp", {"hidden": [HIDDEN + 1]})
+    other = RunFacts(facts.contributor, facts.submission_id, wide, facts.seed)
+    return _initial(node, other)
+
+
+def test_oob_with_wrong_shapes_is_refused_and_nothing_recorded(node, facts, store):
+    state = RunState()
+    with pytest.raises(PolicyViolation, match="model-arrays"):
+        node.score_out_of_the_box(RecordDict({"arrays": _wrong_shapes(node, facts)}), facts, state)
+    assert state.phase == NEW
+    assert _metrics(store, facts) == {}
+
+
+def test_train_with_wrong_shapes_is_refused(node, facts):
+    state = RunState(phase=SCORED_OOB)
+    with pytest.raises(PolicyViolation, match="model-arrays"):
+        node.train(_train_content(_wrong_shapes(node, facts)), facts, state)
+    assert state.phase == SCORED_OOB and state.rounds == [] and state.flops == 0
+
+
+def test_train_with_a_record_selecting_config_is_refused(node, facts):
+    state = RunState(phase=SCORED_OOB)
+    with pytest.raises(PolicyViolation, match="known-config-keys"):
+        node.train(_train_content(_initial(node, facts), indices=[0, 1, 2]), facts, state)
+    content = _train_content(_initial(node, facts))
+    content["record-ids"] = ConfigRecord({"ids": [0, 1, 2]})
+    with pytest.raises(PolicyViolation, match="message-records"):
+        node.train(content, facts, state)
+    assert state.rounds == []
+
+
+def test_oob_for_an_unknown_submission_is_refused(node, facts):
+    state = RunState()
+    unknown = RunFacts(facts.contributor, "0" * 32, facts.model, facts.seed)
+    with pytest.raises(NodeError, match="submission-id"):
+        node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), unknown, state)
+    assert state.phase == NEW
+
+
+# --- preprocessing --------------------------------------------------------------------
+
+
+def test_preprocessing_statistics_come_from_the_training_split(settings, monkeypatch, cohort_parquet):
+    fitted: list[StandardFeatures] = []
+
+    class Recording(StandardFeatures):
+        def fit(self, frame):
+            fitted.append(self)
+            return super().fit(frame)
+
+    monkeypatch.setattr(client.node, "StandardFeatures", Recording)
+    node = Node(settings)
+    assert len(fitted) == 1
+    features = fitted[0]
+
+    cohort = load_cohort(cohort_parquet)
+    split = split_cohort(cohort, settings.holdout_size, settings.split_seed)
+    numeric = list(SCHEMA.numeric)
+    train_mean = cohort.frame.iloc[split.train][numeric].to_numpy().mean(axis=0)
+    all_mean = cohort.frame[numeric].to_numpy().mean(axis=0)
+    np.testing.assert_allclose(features.mean_, train_mean, rtol=1e-10, atol=1e-12)
+    assert np.abs(features.mean_ - all_mean).max() > 1e-3
+
+    # The node's tensors are those rows, standardised by those statistics.
+    np.testing.assert_array_equal(node.cohort.y_train.numpy(), cohort.labels[split.train])
+    np.testing.assert_array_equal(node.cohort.y_holdout.numpy(), cohort.labels[split.holdout])
+    x_train = node.cohort.x_train.numpy()[:, :len(numeric)]
+    np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
+    assert np.abs(node.cohort.x_holdout.numpy()[:, :len(numeric)].mean(axis=0)).max() > 1e-2
