@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,16 +47,19 @@ def run_variant(variant: str, model_name: str, rounds: int, store: str) -> dict[
     spec = ModelSpec(model_name, {"hidden": [64]} if model_name == "mlp" else {})
     model = build_model(spec, 255, 3)
     meter = NoMeter() if variant == "plain" else FlopMeter(store or None)
-    started = time.perf_counter()
+    times = []
     for server_round in range(1, rounds + 1):
+        started = time.perf_counter()
         train_local(model, x, y, TrainConfig(lr=0.05, local_epochs=1, batch_size=32,
                                              server_round=server_round), meter)
-    return {"seconds": time.perf_counter() - started, "flops": meter.total}
+        times.append(time.perf_counter() - started)
+    return {"first": times[0], "rest": statistics.median(times[1:]), "flops": meter.total}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="mlp", help=argparse.SUPPRESS)
     parser.add_argument("--store", default="", help=argparse.SUPPRESS)
@@ -70,19 +74,27 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    print(f"{args.rounds} rounds x 1 epoch, 512 records, batch 32, each variant in a fresh process\n")
-    print(f"{'model':7} {'variant':18} {'train s':>8} {'vs plain':>9} {'FLOPs counted':>15} {'analytic':>15}")
+    print(f"{args.rounds} rounds x 1 epoch, 512 records, batch 32, one thread; each variant in a "
+          f"fresh process, medians of {args.repeats} processes\n")
+    print(f"{'model':7} {'variant':20} {'round 1 ms':>10} {'rounds 2.. ms':>14} {'vs plain':>9} "
+          f"{'FLOPs counted':>14} {'analytic':>14}")
     for model in ("linear", "mlp"):
         expected = args.rounds * analytic_flops(model, 512, 255, 64, 3)
-        with tempfile.TemporaryDirectory() as tmp:
-            store = str(Path(tmp) / "flops.sqlite")
-            plain = fresh("plain", model)
-            results = [("plain", plain), ("metered, cold", fresh("metered", model, store)),
-                       ("metered, warm store", fresh("metered", model, store))]
-        for name, res in results:
-            extra = (res["seconds"] / plain["seconds"] - 1) * 100
-            counted = f"{res['flops']:.0f}" if name != "plain" else "-"
-            print(f"{model:7} {name:18} {res['seconds']:8.3f} {extra:+8.1f}% {counted:>15} {expected:>15}")
+        runs: dict[str, list[dict[str, float]]] = {"plain": [], "metered, cold": [],
+                                                   "metered, warm store": []}
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                store = str(Path(tmp) / "flops.sqlite")
+                runs["plain"].append(fresh("plain", model))
+                runs["metered, cold"].append(fresh("metered", model, store))
+                runs["metered, warm store"].append(fresh("metered", model, store))
+        plain_rest = statistics.median(r["rest"] for r in runs["plain"])
+        for name, results in runs.items():
+            first = statistics.median(r["first"] for r in results)
+            rest = statistics.median(r["rest"] for r in results)
+            counted = f"{results[0]['flops']:.0f}" if name != "plain" else "-"
+            print(f"{model:7} {name:20} {1e3 * first:10.1f} {1e3 * rest:14.2f} "
+                  f"{(rest / plain_rest - 1) * 100:+8.1f}% {counted:>14} {expected:>14}")
 
 
 if __name__ == "__main__":

@@ -49,27 +49,36 @@ class FlopMeter:
     """
 
     def __init__(self, store: str | Path | None = None) -> None:
-        self._per_step: dict[str, int] = {}
+        self._per_step: dict[tuple[object, ...], int] = {}
+        self._stored: dict[str, int] = {}
         self._store = Path(store) if store else None
         self.total = 0
         if self._store:
             self._store.parent.mkdir(parents=True, exist_ok=True)
             with closing(sqlite3.connect(self._store)) as db, db:
                 db.execute("CREATE TABLE IF NOT EXISTS step_flops (shape TEXT PRIMARY KEY, flops INTEGER)")
-                self._per_step.update(db.execute("SELECT shape, flops FROM step_flops"))
+                self._stored.update(db.execute("SELECT shape, flops FROM step_flops"))
 
     def run(self, shape_key: tuple[object, ...], step: Callable[[], None]) -> None:
         """Run ``step()`` and add its FLOPs to ``total``."""
-        key = repr((torch.__version__, *shape_key))
-        flops = self._per_step.get(key)
+        flops = self._per_step.get(shape_key)
         if flops is None:
-            with FlopCounterMode(display=False) as counter:
-                step()
-            flops = self._per_step[key] = int(counter.get_total_flops())
-            self._remember(key, flops)
+            flops = self._per_step[shape_key] = self._count(shape_key, step)
         else:
             step()
         self.total += flops
+
+    def _count(self, shape_key: tuple[object, ...], step: Callable[[], None]) -> int:
+        """FLOPs of a step shape from the store, or by running ``step`` under the counter."""
+        key = repr((torch.__version__, *shape_key))
+        if key in self._stored:
+            step()
+            return self._stored[key]
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = self._stored[key] = int(counter.get_total_flops())
+        self._remember(key, flops)
+        return flops
 
     def _remember(self, key: str, flops: int) -> None:
         """Keep a new count in the store (concurrent writers agree: same key, same count)."""
