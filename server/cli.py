@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 # Nothing leaves this machine: no Flower or Ray telemetry.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-migration chatter
+warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +53,7 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
     from server.workspace import Workspace
 
     started = time.perf_counter()
+    memory = PeakMemory()
     try:
         cfg = compose_config(overrides)
         plans = ([[*s.overrides, f"contributor={s.contributor}", *overrides]
@@ -83,7 +87,7 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
     print()
     wall = time.perf_counter() - started
     print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "
-          f"peak memory {peak_memory_mb():.0f} MB (largest single process)")
+          f"peak memory {memory.stop():.0f} MB (all processes together)")
     print(f"MLflow UI:   mlflow ui --backend-store-uri {node.tracking_uri} --port 5000")
     print(f"Leaderboard: cohortfl leaderboard --tracking-uri {node.tracking_uri}")
     return 1 if failed else 0
@@ -137,11 +141,37 @@ class ConsoleProgress:
         print(f"  [{self.label}] {text} (at {time.time() - self.started:.1f} s)", flush=True)
 
 
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process or its largest finished child, in MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
+class PeakMemory:
+    """Samples the resident memory of this process and all its descendants (pool
+    workers, Ray's processes, the node's actors) in a background thread."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import psutil
+
+        self._root = psutil.Process()
+        self._stop = threading.Event()
+        self.peak_bytes = 0
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval: float) -> None:
+        """Keep the largest sum of RSS seen over the process tree."""
+        import psutil
+
+        while not self._stop.wait(interval):
+            total = 0
+            for process in [self._root, *self._root.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:  # ended between listing and reading
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def stop(self) -> float:
+        """Stop sampling; return the peak in MB."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak_bytes / 2**20
 
 
 if __name__ == "__main__":
