@@ -34,12 +34,12 @@ def federated(node: NodeSettings, submission: Submission) -> dict[str, float | l
     """Timestamps of one Flower run's phases and rounds."""
     stamps: dict[str, list[float]] = {"oob": [], "round": [], "final": []}
     workspace = Workspace(node, "overhead-benchmark")
-    opened = workspace._open(submission, batch="benchmark")  # noqa: SLF001 (benchmark reuses it)
+    opened = workspace.open_run(submission, batch="benchmark")
     started = time.perf_counter()
     error = simulate(opened, node, verbose=False,
                      progress=lambda phase, done, total: stamps[phase].append(time.perf_counter()))
     finished = time.perf_counter()
-    workspace._close(opened, error)  # noqa: SLF001
+    workspace.close_run(opened, error)
     if error:
         raise RuntimeError(error)
     rounds = stamps["round"]  # round 0 (start) then one stamp after each round

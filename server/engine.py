@@ -1,15 +1,20 @@
-"""Running one Flower run on Flower's simulation engine, in this process.
+"""Starting one Flower run: on the simulation engine in this process, or on a SuperLink.
 
-This is what ``flwr run`` does for a local simulation (``flwr-simulation``
-calls the same ``_run_simulation``), minus packaging a FAB and starting a
-SuperLink: the run config reaches the ServerApp through its context and the
-ClientApp through an app manifest, exactly as Flower fuses a FAB's config.
+``run_simulation`` does what ``flwr run`` does for a local simulation
+(``flwr-simulation`` calls the same ``_run_simulation``), minus packaging a FAB
+and starting a SuperLink: the run config reaches the ServerApp through its
+context and the ClientApp through an app manifest, as Flower fuses a FAB's config.
+
+``run_on_superlink`` submits the project to a running SuperLink with ``flwr run``;
+the SuperNodes run the foundation's ClientApp with their own ``--node-config``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -66,3 +71,22 @@ def write_app_manifest(app_dir: Path, run_config: UserConfig) -> None:
         }}},
     }
     (app_dir / "pyproject.toml").write_text(tomli_w.dumps(manifest), encoding="utf-8")
+
+
+def run_on_superlink(run_config: UserConfig, project_dir: Path, connection: str,
+                     flwr_home: Path | None = None, timeout: float = 1800.0) -> str:
+    """Submit the Flower app in ``project_dir`` to a SuperLink and stream it to the end.
+
+    ``connection`` names a ``[superlink.NAME]`` entry of ``$FLWR_HOME/config.toml``.
+    Returns the error text when ``flwr run`` fails, else empty; whether the
+    submission completed is for the caller to check in the official record.
+    """
+
+    env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
+    with tempfile.TemporaryDirectory(prefix="cohortfl-run-") as tmp:
+        config_file = Path(tmp) / "run-config.toml"  # a file: values hold spaces and quotes
+        config_file.write_text(tomli_w.dumps(dict(run_config)), encoding="utf-8")
+        done = subprocess.run(["flwr", "run", str(project_dir), connection, "--stream",
+                               "--run-config", str(config_file)],
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    return (done.stdout[-3000:] + done.stderr[-3000:]) if done.returncode else ""

@@ -48,7 +48,8 @@ class Workspace:
     experiment : str
         MLflow experiment that holds the leaderboard.
     artifact_dir : Path, optional
-        Where a new experiment keeps its artifacts.
+        Where a new experiment keeps its artifacts; by default ``mlartifacts``
+        beside a SQLite store (a tracking server decides for itself).
     """
 
     def __init__(self, node: NodeSettings, experiment: str, artifact_dir: Path | None = None,
@@ -58,6 +59,8 @@ class Workspace:
         self.node = node
         self.verbose = verbose
         self.client = MlflowClient(node.tracking_uri)
+        if artifact_dir is None and node.tracking_uri.startswith("sqlite:///"):
+            artifact_dir = Path(node.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
             experiment, artifact_location=artifact_dir.resolve().as_uri() if artifact_dir else None)
@@ -68,23 +71,23 @@ class Workspace:
 
         Outcomes come back in the order the runs finish.
         """
-        opened = [self._open(s, batch) for s in submissions]
+        opened = [self.open_run(s, batch) for s in submissions]
         outcomes = []
         if parallel <= 1:
             for submission in opened:
                 error = simulate(submission, self.node, self.verbose,
                                  progress(submission) if progress else None)
-                outcomes.append(self._close(submission, error))
+                outcomes.append(self.close_run(submission, error))
             return outcomes
         context = multiprocessing.get_context("spawn")  # each run its own engine and Ray
         with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
             futures = {pool.submit(simulate, s, self.node, self.verbose,
                                    progress(s) if progress else None): s for s in opened}
             for future in as_completed(futures):
-                outcomes.append(self._close(futures[future], future.result()))
+                outcomes.append(self.close_run(futures[future], future.result()))
         return outcomes
 
-    def _open(self, submission: Submission, batch: str) -> Submission:
+    def open_run(self, submission: Submission, batch: str = "") -> Submission:
         """Create the submission's MLflow run; return the submission with its id."""
         run = self.client.create_run(
             self.experiment_id, run_name=f"{submission.contributor}-{submission.strategy_name}",
@@ -93,8 +96,14 @@ class Workspace:
             self.client.log_param(run.info.run_id, key, value)
         return replace(submission, submission_id=run.info.run_id)
 
-    def _close(self, submission: Submission, error: str) -> Outcome:
-        """Mark the run finished, or failed with the reason."""
+    def close_run(self, submission: Submission, error: str) -> Outcome:
+        """Mark the run finished, or failed with the reason.
+
+        A run without the node's final holdout score failed, whatever the engine said.
+        """
+        recorded = self.client.get_run(submission.submission_id).data.metrics
+        if not error and "holdout_macro_f1" not in recorded:
+            error = "the node recorded no final holdout score"
         if error:
             self.client.set_tag(submission.submission_id, TAG_ERROR, error[:5000])
         self.client.set_terminated(submission.submission_id, "FAILED" if error else "FINISHED")
