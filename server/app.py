@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from client.schema import SCHEMA
 from models import build_model
 from models.features import StandardFeatures
+from server.refusals import RefusalRecordingGrid, reason
 from server.submission import Submission
 
 #: Called with (phase, done, total): phase is "oob", "round" or "final".
@@ -47,6 +48,7 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
                     node_timeout: float = 120.0) -> None:
     """Drive one submission through out-of-the-box scoring, training and final scoring."""
     report = progress or (lambda phase, done, total: None)
+    grid = RefusalRecordingGrid(grid)
     node_ids = wait_for_nodes(grid, node_timeout)
     strategy = build_strategy(submission.strategy, len(node_ids))
     initial = initial_arrays(submission)
@@ -62,9 +64,10 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
                             train_config=ConfigRecord(submission.train_config()),
                             evaluate_fn=on_round)
     if len(result.train_metrics_clientapp) < submission.num_rounds:
+        refusals = "; ".join(dict.fromkeys(grid.refusals)) or "no reply"
         raise SubmissionFailed(
             f"only {len(result.train_metrics_clientapp)} of {submission.num_rounds} rounds "
-            "aggregated a reply; the node's refusals are in the ServerApp log")
+            f"aggregated a reply; the node said: {refusals}")
     ask_nodes(grid, node_ids, "query.holdout_final", RecordDict({"arrays": result.arrays}))
     report("final", 1, 1)
 
@@ -104,7 +107,7 @@ def ask_nodes(grid: Grid, node_ids: list[int], message_type: str, content: Recor
     replies = list(grid.send_and_receive(messages))
     for reply in replies:
         if reply.has_error():
-            raise SubmissionFailed(f"{message_type} refused by node: {reply.error.reason}")
+            raise SubmissionFailed(f"{message_type} refused by the node: {reason(reply)}")
     if len(replies) != len(node_ids):
         raise SubmissionFailed(f"{message_type}: {len(node_ids) - len(replies)} node(s) did not reply")
 

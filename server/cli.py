@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
     """Compose the config, prepare the cohort, run the submissions, print the table."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from client.errors import NodeError
     from server.config import compose_config, node_settings, output_dir, submission_from_config
     from server.leaderboard import format_leaderboard, read_leaderboard
@@ -63,7 +66,9 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
         node = node_settings(cfg)
         workspace = Workspace(node, str(cfg.tracking.experiment),
                               artifact_dir=output_dir(cfg) / "mlartifacts", verbose=verbose)
-    except (NodeError, ValueError, OSError) as ex:  # Hydra's errors are ValueErrors too
+        for submission in submissions:
+            workspace.check(submission)
+    except (NodeError, HydraException, OmegaConfBaseException, ValueError, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
 

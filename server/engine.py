@@ -49,7 +49,8 @@ def run_simulation(server_app: ServerApp, client_app: ClientApp, run_config: Use
         "client_resources": {"num_cpus": 1, "num_gpus": 1.0 if use_gpu else 0.0},
         "init_args": {"num_cpus": num_nodes, "num_gpus": 1 if use_gpu else 0},
     }
-    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.ERROR)
+    # Failed replies reach the user through the ServerApp's error; -v shows Flower's own log.
+    logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="cohortfl-app-") as app_dir:
         write_app_manifest(Path(app_dir), run_config)
         _run_simulation(

@@ -20,6 +20,10 @@ from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from flwr.app import ConfigRecord
+
+from client.errors import PolicyViolation
+from client.policy import parse_train_config
 from client.settings import NodeSettings
 from server.app import Progress
 from server.submission import Submission
@@ -71,6 +75,8 @@ class Workspace:
 
         Outcomes come back in the order the runs finish.
         """
+        for submission in submissions:
+            self.check(submission)
         opened = [self.open_run(s, batch) for s in submissions]
         outcomes = []
         if parallel <= 1:
@@ -86,6 +92,21 @@ class Workspace:
             for future in as_completed(futures):
                 outcomes.append(self.close_run(futures[future], future.result()))
         return outcomes
+
+    def check(self, submission: Submission) -> None:
+        """Refuse, before any run exists, a submission the node's policy would refuse.
+
+        Raises
+        ------
+        PolicyViolation
+            Naming the rule; the node enforces the same rules again on every message.
+        """
+        policy = self.node.policy
+        if submission.model.name not in policy.allowed_models:
+            raise PolicyViolation("allowed-models", f"models allowed: {list(policy.allowed_models)}")
+        if not 1 <= submission.num_rounds <= policy.rounds_max:
+            raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
+        parse_train_config(ConfigRecord(submission.train_config()), policy, submission.seed)
 
     def open_run(self, submission: Submission, batch: str = "") -> Submission:
         """Create the submission's MLflow run; return the submission with its id."""

@@ -111,3 +111,28 @@ def test_no_engine_process_is_left_running(finished_run):
     left = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ClientAppActor"],
                           capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout
+
+
+def test_a_strategy_the_node_refuses_fails_the_run_with_the_rule_name(tmp_path):
+    """FedProx asking for a proximal term above policy: the node refuses every round."""
+    done = cohortfl("run", "strategy=fedprox", "strategy.proximal_mu=100", "contributor=mallory",
+                    "workspace.num_rounds=2", f"output_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "refused by rule 'proximal-mu-range'" in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("cohortfl-leaderboard").experiment_id])
+    assert run.info.status == "FAILED" and "proximal-mu-range" in run.data.tags["cohortfl.error"]
+    assert "holdout_oob_macro_f1" in run.data.metrics and "holdout_macro_f1" not in run.data.metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=nonexistent"], "Could not find 'model/nonexistent'"),
+    (["workspace.no_such_key=1"], "Could not override 'workspace.no_such_key'"),
+    (["lr=100"], "refused by rule 'lr-range'"),
+    (["workspace.num_rounds=99"], "refused by rule 'rounds-range'"),
+])
+def test_bad_input_is_refused_before_any_run_with_a_clear_message(tmp_path, args, message):
+    done = cohortfl("run", *args, f"output_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() or "FINISHED" not in done.stdout

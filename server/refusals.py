@@ -1,0 +1,59 @@
+"""A Grid that remembers why nodes refused messages, so a failed run can say why.
+
+Flower's strategies log failed replies and skip them; the node's reasons (rule
+names, never data) would otherwise stay in a log the contributor may not see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+
+class RefusalRecordingGrid(Grid):
+    """Delegates every call to ``grid`` and keeps the reasons of error replies."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.refusals: list[str] = []
+
+    def set_run(self, run) -> None:  # noqa: ANN001 (Flower's Run)
+        self._grid.set_run(run)
+
+    @property
+    def run(self):  # -> Run
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._note(self._grid.pull_messages(message_ids))
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        return self._note(self._grid.send_and_receive(messages, timeout=timeout))
+
+    def __getattr__(self, name: str):  # anything else a Grid implementation offers
+        return getattr(self._grid, name)
+
+    def _note(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        self.refusals += [reason(r) for r in replies if r.has_error()]
+        return replies
+
+
+def reason(reply: Message) -> str:
+    """The node's own words from an error reply, without Flower's wrapping."""
+    text = reply.error.reason
+    if "Message: " in text:
+        text = text.split("Message: ", 1)[1]
+    return text.strip().removesuffix("'>").strip()
