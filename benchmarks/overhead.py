@@ -70,7 +70,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cohort.parquet"
         generate_cohort(0).to_parquet(path, index=False)
-        node = NodeSettings(data_path=str(path), tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+        node = NodeSettings(data_path=str(path), tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                            state_dir=f"{tmp}/node-state")
         submission = Submission(
             contributor="bench", strategy={"_target_": "flwr.serverapp.strategy.FedAvg",
                                            "fraction_evaluate": 0.0},

@@ -20,6 +20,7 @@ from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.errors import NodeError
+from client.ledger import NodeLedger
 from client.node import Node
 from client.runstate import RunFacts, RunState
 from client.settings import NodeSettings
@@ -57,20 +58,30 @@ def build_client_app(settings: NodeSettings | None = None) -> ClientApp:
 
 def _serve(msg: Message, context: Context, settings: NodeSettings | None, action: Action,
            name: str) -> Message:
-    """Run one node action under the guard; keep run state only when it succeeds."""
+    """Run one node action under the guard; keep run state only when it succeeds.
+
+    Every reply that leaves -- records or error text -- goes into the export ledger.
+    """
+    settings = settings or NodeSettings.from_node_config(context.node_config)
+    contributor = str(context.run_config.get("contributor", "?"))
+    run_id = str(context.run_config.get("submission-id", "?"))
+    kind = msg.metadata.message_type
     try:
-        node = Node.for_settings(settings or NodeSettings.from_node_config(context.node_config))
+        node = Node.for_settings(settings)
         facts = RunFacts.from_run_config(context.run_config, node.settings.policy)
         state = RunState.load(context.state)
         reply = action(node, msg.content, facts, state)
+        node.ledger.record_export(contributor, run_id, kind, reply)
         state.save(context.state)
         return Message(reply, reply_to=msg)
-    except NodeError:
+    except NodeError as ex:
+        NodeLedger(settings.ledger_path).record_export(contributor, run_id, kind, None, str(ex))
         raise
     except Exception:  # anything else may quote data: log here, send no detail
         log.exception("internal error during %s", name)
-        raise NodeError(f"internal error during {name}; the node operator has the details"
-                        ) from None
+        error = NodeError(f"internal error during {name}; the node operator has the details")
+        NodeLedger(settings.ledger_path).record_export(contributor, run_id, kind, None, str(error))
+        raise error from None
 
 
 app = build_client_app()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from client.cohort import load_cohort, split_cohort
 from client.holdout import HoldoutScores, score_predictions
+from client.ledger import NodeLedger
 from client.policy import (
     HOLDOUT_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
@@ -22,7 +22,7 @@ from client.policy import (
 from client.record import OfficialRecord
 from client.runstate import CLOSED, NEW, SCORED_OOB, TRAINING, RunFacts, RunState
 from client.settings import NodeSettings
-from client.training import FlopMeter, predict, train_local
+from client.training import FlopMeter, expected_flops, predict, train_local
 from models import build_model
 from models.features import StandardFeatures
 
@@ -71,7 +71,8 @@ class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.cohort = ResidentCohort(settings)
-        self.meter = FlopMeter(Path(settings.state_dir) / "flops.sqlite" if settings.state_dir else None)
+        self.meter = FlopMeter(settings.flop_store_path)
+        self.ledger = NodeLedger(settings.ledger_path)
 
     @classmethod
     def for_settings(cls, settings: NodeSettings) -> Node:
@@ -102,7 +103,12 @@ class Node:
         state.require(SCORED_OOB, TRAINING, action="train")
         model, shapes = self._load(content, facts, {"arrays", "config"})
         config = parse_train_config(content.get("config"), self.settings.policy, facts.seed)
+        policy = self.settings.policy
+        self.ledger.require_budget(
+            facts.contributor, expected_flops(model, len(self.cohort.y_train), config, self.meter),
+            policy.compute_budget_flops)
         result = train_local(model, self.cohort.x_train, self.cohort.y_train, config, self.meter)
+        self.ledger.charge(facts.contributor, facts.submission_id, result.flops, result.device_seconds)
         state.phase = TRAINING
         state.rounds.append(config.server_round)
         state.losses.append(result.loss)
@@ -122,9 +128,13 @@ class Node:
                              state: RunState) -> RecordDict:
         """Score the submitted model before any training; write it to the official record."""
         state.require(NEW, action="holdout out of the box")
-        scores = self._score(self._load(content, facts, {"arrays"})[0])
-        OfficialRecord(self.settings.tracking_uri, facts.submission_id).write_out_of_the_box(
-            scores, params={"cohort_digest": self.cohort.digest,
+        record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
+        model = self._load(content, facts, {"arrays"})[0]
+        usage = self.ledger.open_submission(facts.contributor, facts.submission_id,
+                                            self.settings.policy.submissions_max)
+        record.write_out_of_the_box(
+            self._score(model), usage=self._usage_metrics(usage.submissions, usage.flops),
+            params={"cohort_digest": self.cohort.digest,
                             "n_train": str(len(self.cohort.y_train)),
                             "n_holdout": str(len(self.cohort.y_holdout)),
                             "node_device": self.cohort.device.type})
@@ -135,11 +145,19 @@ class Node:
         """Score the fine-tuned model, write it with training curve and compute; close the run."""
         state.require(TRAINING, action="final holdout")
         scores = self._score(self._load(content, facts, {"arrays"})[0])
+        usage = self.ledger.usage(facts.contributor)
         OfficialRecord(self.settings.tracking_uri, facts.submission_id).write_final(
             scores, state.rounds, state.losses, state.flops, state.device_seconds,
-            self.cohort.classes)
+            self.cohort.classes, usage=self._usage_metrics(usage.submissions, usage.flops))
         state.phase = CLOSED
         return self._acknowledge()
+
+    def _usage_metrics(self, submissions: int, flops: int) -> dict[str, float]:
+        """The contributor's budget and submissions, as the node's ledger has them."""
+        policy = self.settings.policy
+        return {"budget_compute_used_pf": flops / 1e15, "budget_compute_pf": policy.compute_budget_pf,
+                "budget_submissions_used": float(submissions),
+                "budget_submissions_limit": float(policy.submissions_max)}
 
     def _score(self, model: nn.Module) -> HoldoutScores:
         """Holdout metrics of ``model``; predictions never leave this method."""

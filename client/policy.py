@@ -38,6 +38,13 @@ class WorkspacePolicy:
     proximal_mu_max: float = 10.0
     rounds_max: int = 50
     max_array_bytes: int = 64 * 2**20
+    compute_budget_pf: float = 100.0
+    submissions_max: int = 5
+
+    @property
+    def compute_budget_flops(self) -> int:
+        """The per-contributor compute budget in FLOPs."""
+        return int(self.compute_budget_pf * 1e15)
 
 
 def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int) -> TrainConfig:

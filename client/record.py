@@ -40,14 +40,18 @@ class OfficialRecord:
                                 ) from None
         self.run_id = run_id
 
-    def write_out_of_the_box(self, scores: HoldoutScores, params: dict[str, str]) -> None:
-        """Record the holdout score of the model as submitted, before any training."""
-        self._log(scores.as_metrics("holdout_oob"), params=params)
+    def write_out_of_the_box(self, scores: HoldoutScores, usage: dict[str, float],
+                             params: dict[str, str]) -> None:
+        """Record the holdout score of the model as submitted, before any training,
+        with the contributor's budget use from the node's ledger."""
+        self._log({**scores.as_metrics("holdout_oob"), **usage}, params=params)
 
     def write_final(self, scores: HoldoutScores, rounds: Sequence[int], losses: Sequence[float],
-                    flops: int, device_seconds: float, classes: Sequence[str]) -> None:
-        """Record the fine-tuned holdout score, the training curve and the compute used."""
-        metrics = scores.as_metrics("holdout")
+                    flops: int, device_seconds: float, classes: Sequence[str],
+                    usage: dict[str, float]) -> None:
+        """Record the fine-tuned holdout score, the training curve, the compute used by
+        this run and the contributor's budget use."""
+        metrics = {**scores.as_metrics("holdout"), **usage}
         metrics.update(compute_flops=float(flops), compute_pf=flops / 1e15,
                        compute_device_seconds=device_seconds, rounds_trained=float(len(rounds)))
         self._log(metrics, series={"train_loss": list(zip(rounds, losses, strict=False))})

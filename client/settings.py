@@ -31,23 +31,23 @@ class NodeSettings:
     device : str
         ``auto`` (GPU when there is one), ``cpu`` or ``cuda[:N]``.
     state_dir : str
-        The node's own directory for what it keeps between runs (FLOP counts);
-        empty: keep nothing.
+        The node's own directory for what it keeps between runs and processes:
+        its ledger (submissions, compute, exports) and its FLOP counts.
     """
 
     data_path: str
     tracking_uri: str
+    state_dir: str
     holdout_size: int = 128
     split_seed: int = 0
     device: str = "auto"
-    state_dir: str = ""
     policy: WorkspacePolicy = field(default_factory=WorkspacePolicy)
 
     @classmethod
     def from_node_config(cls, node_config: UserConfig) -> NodeSettings:
-        """Read ``--node-config`` keys: data-path, tracking-uri, and optional
-        holdout-size, split-seed, device, state-dir, workspace (a ``conf/workspace`` name)."""
-        for key in ("data-path", "tracking-uri"):
+        """Read ``--node-config`` keys: data-path, tracking-uri, state-dir, and optional
+        holdout-size, split-seed, device, workspace (a ``conf/workspace`` name)."""
+        for key in ("data-path", "tracking-uri", "state-dir"):
             if key not in node_config:
                 raise NodeError(f"the node needs --node-config '{key}=...'")
         workspace = str(node_config.get("workspace", "pilot"))
@@ -57,9 +57,20 @@ class NodeSettings:
             holdout_size=int(node_config.get("holdout-size", 128)),
             split_seed=int(node_config.get("split-seed", 0)),
             device=str(node_config.get("device", "auto")),
-            state_dir=str(node_config.get("state-dir", "")),
+            state_dir=str(node_config["state-dir"]),
             policy=load_policy(CONF_DIR / "workspace" / f"{workspace}.yaml"),
         )
+
+
+    @property
+    def ledger_path(self) -> Path:
+        """The node's ledger file."""
+        return Path(self.state_dir) / "ledger.sqlite"
+
+    @property
+    def flop_store_path(self) -> Path:
+        """The node's store of counted FLOPs per step shape."""
+        return Path(self.state_dir) / "flops.sqlite"
 
 
 def policy_from_mapping(limits: dict) -> WorkspacePolicy:

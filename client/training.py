@@ -68,6 +68,11 @@ class FlopMeter:
             step()
         self.total += flops
 
+    def known(self, shape_key: tuple[object, ...]) -> int | None:
+        """The FLOPs of a step shape if it was ever counted, else None."""
+        found = self._per_step.get(shape_key)
+        return found if found is not None else self._stored.get(repr((torch.__version__, *shape_key)))
+
     def _count(self, shape_key: tuple[object, ...], step: Callable[[], None]) -> int:
         """FLOPs of a step shape from the store, or by running ``step`` under the counter."""
         key = repr((torch.__version__, *shape_key))
@@ -150,6 +155,21 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         flops=meter.total - flops_before,
         device_seconds=time.perf_counter() - started,
     )
+
+
+def expected_flops(model: nn.Module, n: int, config: TrainConfig, meter: FlopMeter) -> int:
+    """FLOPs ``train_local`` will spend, from counts the meter already has.
+
+    Returns 0 when a step shape of the round was never counted (the first
+    round of a new architecture or batch size): the charge then comes after.
+    """
+    arch, proximal = architecture_key(model), config.proximal_mu > 0
+    full, rest = divmod(n, config.batch_size)
+    sizes = {config.batch_size: full, **({rest: 1} if rest else {})}
+    per_step = {size: meter.known((arch, size, proximal)) for size in sizes}
+    if None in per_step.values():
+        return 0
+    return config.local_epochs * sum(per_step[size] * steps for size, steps in sizes.items())
 
 
 @torch.no_grad()

@@ -39,9 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="MLflow store (default: sqlite:///cohortfl-demo/mlflow.db)")
     board.add_argument("--experiment", default=None, help="experiment (default: from conf)")
     board.add_argument("--batch", default=None, help="only the submissions of one demo batch")
+    exports = commands.add_parser("exports", help="print the node's export ledger: what left, for whom")
+    exports.add_argument("--contributor", default=None, help="only this contributor's replies")
+    exports.add_argument("--state-dir", default=None,
+                         help="the node's state directory (default: cohortfl-demo/node-state)")
+    policy = commands.add_parser("policy", help="print the workspace policy the node enforces")
+    policy.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. workspace=pilot")
     args = parser.parse_args(argv)
     if args.command == "leaderboard":
         return leaderboard(args.tracking_uri, args.experiment, args.batch)
+    if args.command == "exports":
+        return print_exports(args.contributor, args.state_dir)
+    if args.command == "policy":
+        return print_policy(args.overrides)
     return submit_all(args.overrides, demo=args.command == "demo", verbose=args.verbose)
 
 
@@ -128,6 +138,41 @@ def leaderboard(tracking_uri: str | None, experiment: str | None, batch: str | N
     return 0
 
 
+
+
+def print_exports(contributor: str | None, state_dir: str | None) -> int:
+    """Print every reply the node recorded as sent, with totals."""
+    from client.ledger import NodeLedger
+    from server.config import compose_config, node_settings
+
+    settings = node_settings(compose_config())
+    path = Path(state_dir) / "ledger.sqlite" if state_dir else settings.ledger_path
+    if not path.is_file():
+        print(f"cohortfl: no node ledger at {path}", file=sys.stderr)
+        return 2
+    rows = NodeLedger(path).exports(contributor)
+    print(f"{'time (UTC)':19}  {'contributor':11}  {'run':8}  {'message':19}  {'bytes':>8}  records")
+    for row in rows:
+        shapes = ", ".join(f"{k}{tuple(v)}" for k, v in row.shapes.items())
+        scalars = ", ".join(k for k in row.keys if k not in row.shapes)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row.at))
+        print(f"{when:19}  {row.contributor:11}  {row.run_id[:8]:8}  {row.message_type:19}  "
+              f"{row.bytes:8d}  {'; '.join(x for x in (shapes, scalars) if x)}")
+    print(f"{len(rows)} replies, {sum(r.bytes for r in rows)} bytes"
+          + (f" for {contributor}" if contributor else ""))
+    return 0
+
+
+def print_policy(overrides: list[str]) -> int:
+    """Print the limits the node enforces, as contributors may read them."""
+    from dataclasses import asdict
+
+    from server.config import compose_config, node_settings
+
+    policy = node_settings(compose_config(overrides)).policy
+    for key, value in asdict(policy).items():
+        print(f"{key:20} {value}")
+    return 0
 
 
 class ConsoleProgress:

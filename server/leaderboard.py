@@ -19,6 +19,10 @@ class Row:
     fine_tuned: float
     fast_recall: float
     compute_pf: float
+    budget_used_pf: float
+    budget_pf: float
+    submissions_used: float
+    submissions_limit: float
     run_id: str
 
     @property
@@ -55,6 +59,10 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
             fine_tuned=run.data.metrics.get("holdout_macro_f1", math.nan),
             fast_recall=run.data.metrics.get("holdout_recall_fast", math.nan),
             compute_pf=run.data.metrics.get("compute_pf", math.nan),
+            budget_used_pf=run.data.metrics.get("budget_compute_used_pf", math.nan),
+            budget_pf=run.data.metrics.get("budget_compute_pf", math.nan),
+            submissions_used=run.data.metrics.get("budget_submissions_used", math.nan),
+            submissions_limit=run.data.metrics.get("budget_submissions_limit", math.nan),
             run_id=run.info.run_id,
         )
         for run in runs
@@ -64,10 +72,11 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
 def format_leaderboard(rows: list[Row]) -> str:
     """A fixed-width text table shaped like the pilot's."""
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
-              "gain", "Fast recall", "compute (PF)")
+              "gain", "Fast recall", "compute (PF)", "budget used (PF)", "submits")
     lines = [(r.contributor, r.strategy, r.model, f"{r.out_of_the_box:.3f}",
               f"{r.fine_tuned:.3f}", f"{r.gain:+.3f}", f"{r.fast_recall:.3f}",
-              f"{r.compute_pf:.3g}") for r in rows]
+              f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
+              f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}") for r in rows]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))

@@ -88,7 +88,7 @@ def test_federated_with_one_node_matches_central_training(finished_run):
     """Same seed, epochs and batches: FedAvg over one node is central SGD, round by round."""
     uri, run, tmp, _ = finished_run
     node = ResidentCohort(NodeSettings(data_path=str(tmp / "cohort.parquet"), tracking_uri=uri,
-                                       device="cpu"))
+                                       state_dir=str(tmp / "node-state"), device="cpu"))
     model = build_model(ModelSpec("linear"), node.n_features, 3, seed=0)
     meter = FlopMeter()
     for server_round in range(1, ROUNDS + 1):
@@ -136,3 +136,29 @@ def test_bad_input_is_refused_before_any_run_with_a_clear_message(tmp_path, args
     assert done.returncode == 2 and message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists() or "FINISHED" not in done.stdout
+
+
+def test_the_export_ledger_lists_every_reply_and_only_whitelisted_records(finished_run):
+    uri, run, tmp, _ = finished_run
+    shown = cohortfl("exports", "--contributor", "alice", "--state-dir", str(tmp / "node-state"),
+                     cwd=tmp)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{ROUNDS + 2} replies" in shown.stdout  # out of the box, each round, final
+    from client.ledger import NodeLedger
+
+    rows = NodeLedger(tmp / "node-state" / "ledger.sqlite").exports("alice")
+    assert [r.message_type for r in rows] == (
+        ["query.holdout_oob"] + ["train"] * ROUNDS + ["query.holdout_final"])
+    allowed = {"arrays/linear.weight", "arrays/linear.bias", "metrics/train-loss",
+               "metrics/num-examples", "metrics/compute-flops", "metrics/device-seconds",
+               "metrics/recorded"}
+    assert all(set(r.keys) <= allowed for r in rows)
+    assert all(r.run_id == run.info.run_id for r in rows)
+
+
+def test_the_official_run_shows_budget_and_submissions(finished_run):
+    _, run, _, _ = finished_run
+    metrics = run.data.metrics
+    assert metrics["budget_submissions_used"] == 1 and metrics["budget_submissions_limit"] == 5
+    assert metrics["budget_compute_pf"] == 100.0
+    assert metrics["budget_compute_used_pf"] == metrics["compute_pf"]

@@ -42,7 +42,8 @@ def store(tmp_path_factory) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def settings(store, cohort_parquet) -> NodeSettings:
-    return NodeSettings(data_path=str(cohort_parquet), tracking_uri=store[0], device="cpu")
+    return NodeSettings(data_path=str(cohort_parquet), tracking_uri=store[0], device="cpu",
+                        state_dir=str(cohort_parquet.parent / "node-state"))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def _new_run(store) -> str:
 
 @pytest.fixture
 def facts(store) -> RunFacts:
-    return RunFacts(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0)
+    run_id = _new_run(store)  # a contributor per test: the node's submission limit is per contributor
+    return RunFacts(contributor=f"tester-{run_id[:8]}", submission_id=run_id, model=SPEC, seed=0)
 
 
 def _arrays(model: torch.nn.Module) -> ArrayRecord:

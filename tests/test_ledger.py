@@ -1,0 +1,151 @@
+"""The node's ledger: submission limits, compute budgets, the export ledger."""
+
+import multiprocessing
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+from client.errors import PolicyViolation
+from client.ledger import NodeLedger
+
+
+@pytest.fixture
+def ledger(tmp_path) -> NodeLedger:
+    return NodeLedger(tmp_path / "ledger.sqlite")
+
+
+def test_a_sixth_submission_is_refused_saying_what_is_used(ledger):
+    for i in range(5):
+        assert ledger.open_submission("ada", f"run-{i}", limit=5).submissions == i + 1
+    with pytest.raises(PolicyViolation, match=r"'submission-limit'.*5 of 5 submissions used"):
+        ledger.open_submission("ada", "run-5", limit=5)
+    assert ledger.usage("ada").submissions == 5
+    assert ledger.open_submission("bob", "run-b", limit=5).submissions == 1  # per contributor
+
+
+def test_reopening_the_same_run_is_not_a_new_submission(ledger):
+    ledger.open_submission("ada", "run-1", limit=1)
+    assert ledger.open_submission("ada", "run-1", limit=1).submissions == 1
+
+
+def _open_after_barrier(path, run_id, barrier, results):
+    barrier.wait()
+    try:
+        NodeLedger(path).open_submission("ada", run_id, limit=5)
+        results.put("opened")
+    except PolicyViolation:
+        results.put("refused")
+
+
+def test_concurrent_submissions_do_not_exceed_the_limit(tmp_path):
+    """Eight processes open eight runs at the same moment: exactly five get through."""
+    path = tmp_path / "ledger.sqlite"
+    NodeLedger(path)
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(8), context.Queue()
+    workers = [context.Process(target=_open_after_barrier, args=(path, f"run-{i}", barrier, results))
+               for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    outcomes = sorted(results.get(timeout=5) for _ in workers)
+    assert outcomes == ["opened"] * 5 + ["refused"] * 3
+    assert NodeLedger(path).usage("ada").submissions == 5
+
+
+def test_work_that_would_go_over_budget_is_refused_before_it_starts(ledger):
+    ledger.charge("ada", "run-1", flops=60 * 10**15, device_seconds=1.0)
+    ledger.require_budget("ada", expected_flops=40 * 10**15, budget_flops=100 * 10**15)
+    with pytest.raises(PolicyViolation, match=r"'compute-budget'.*40 PF of 100 PF left"):
+        ledger.require_budget("ada", expected_flops=41 * 10**15, budget_flops=100 * 10**15)
+    ledger.require_budget("bob", expected_flops=100 * 10**15, budget_flops=100 * 10**15)
+
+
+def test_charges_add_up_per_contributor(ledger):
+    ledger.charge("ada", "r1", 10, 0.5)
+    ledger.charge("ada", "r2", 5, 0.25)
+    ledger.charge("bob", "r3", 7, 1.0)
+    usage = ledger.usage("ada")
+    assert (usage.flops, usage.device_seconds) == (15, 0.75)
+
+
+def test_the_export_ledger_records_keys_shapes_and_bytes(ledger):
+    reply = RecordDict({"arrays": ArrayRecord({"w": torch.zeros(3, 4)}),
+                        "metrics": MetricRecord({"train-loss": 0.5, "num-examples": 512})})
+    ledger.record_export("ada", "run-1", "train", reply)
+    ledger.record_export("bob", "run-2", "query.holdout_oob", None, "refused by rule 'x': y")
+    [ada] = ledger.exports("ada")
+    assert ada.keys == ["arrays/w", "metrics/train-loss", "metrics/num-examples"]
+    assert ada.shapes == {"arrays/w": [3, 4]} and ada.bytes >= 3 * 4 * 4
+    [bob] = ledger.exports("bob")
+    assert bob.keys == ["error"] and bob.bytes == len("refused by rule 'x': y")
+    assert len(ledger.exports()) == 2
+
+
+# --- the node applies the ledger -------------------------------------------------------
+
+LINEAR_ROUND_FLOPS = 4 * 512 * 255 * 3
+
+
+@pytest.fixture
+def tight_node(tmp_path, cohort_parquet):
+    """A node whose policy allows one submission and 1.5 rounds of the linear model."""
+    from mlflow.tracking import MlflowClient
+
+    from client.node import Node
+    from client.policy import WorkspacePolicy
+    from client.settings import NodeSettings
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
+    policy = WorkspacePolicy(compute_budget_pf=1.5 * LINEAR_ROUND_FLOPS / 1e15, submissions_max=1)
+    node = Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=uri, device="cpu",
+                             state_dir=str(tmp_path / "state"), policy=policy))
+    return node, lambda: client.create_run(experiment).info.run_id
+
+
+def _facts(run_id):
+    from client.runstate import RunFacts
+    from models import ModelSpec
+
+    return RunFacts(contributor="ada", submission_id=run_id, model=ModelSpec("linear"), seed=0)
+
+
+def _arrays(node, facts):
+    return ArrayRecord({k: v.detach().cpu() for k, v in node.build(facts)[0].state_dict().items()})
+
+
+def test_the_node_refuses_a_round_that_would_go_over_budget(tight_node):
+    from flwr.app import ConfigRecord
+
+    from client.runstate import RunState
+
+    node, new_run = tight_node
+    facts, state = _facts(new_run()), RunState()
+    node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, facts)}), facts, state)
+
+    def train(server_round):
+        config = ConfigRecord({"lr": 0.1, "local-epochs": 1, "batch-size": 32, "server-round": server_round})
+        return node.train(RecordDict({"arrays": _arrays(node, facts), "config": config}), facts, state)
+
+    train(1)
+    with pytest.raises(PolicyViolation, match="'compute-budget'"):
+        train(2)
+    assert node.ledger.usage("ada").flops == LINEAR_ROUND_FLOPS  # the refused round cost nothing
+
+
+def test_the_node_refuses_a_submission_over_the_limit_before_scoring(tight_node):
+    from mlflow.tracking import MlflowClient
+
+    from client.runstate import RunState
+
+    node, new_run = tight_node
+    first, second = _facts(new_run()), _facts(new_run())
+    node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, first)}), first, RunState())
+    with pytest.raises(PolicyViolation, match="'submission-limit'.*1 of 1"):
+        node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, second)}), second, RunState())
+    metrics = MlflowClient(node.settings.tracking_uri).get_run(second.submission_id).data.metrics
+    assert "holdout_oob_macro_f1" not in metrics
