@@ -22,12 +22,12 @@ from flwr.clientapp import ClientApp
 from client.errors import NodeError
 from client.ledger import NodeLedger
 from client.node import Node
-from client.runstate import RunFacts, RunState
+from client.runfacts import RunFacts
 from client.settings import NodeSettings
 
 log = logging.getLogger("cohortfl.node")
 
-Action = Callable[[Node, RecordDict, RunFacts, RunState], RecordDict]
+Action = Callable[[Node, RecordDict, RunFacts], RecordDict]
 
 
 def build_client_app(settings: NodeSettings | None = None) -> ClientApp:
@@ -58,30 +58,33 @@ def build_client_app(settings: NodeSettings | None = None) -> ClientApp:
 
 def _serve(msg: Message, context: Context, settings: NodeSettings | None, action: Action,
            name: str) -> Message:
-    """Run one node action under the guard; keep run state only when it succeeds.
-
-    Every reply that leaves -- records or error text -- goes into the export ledger.
-    """
+    """Run one node action under the guard; every reply that leaves -- records or
+    error text -- goes into the export ledger first."""
     settings = settings or NodeSettings.from_node_config(context.node_config)
-    contributor = str(context.run_config.get("contributor", "?"))
-    run_id = str(context.run_config.get("submission-id", "?"))
-    kind = msg.metadata.message_type
+    who = (str(context.run_config.get("contributor", "?")),
+           str(context.run_config.get("submission-id", "?")), msg.metadata.message_type)
     try:
         node = Node.for_settings(settings)
-        facts = RunFacts.from_run_config(context.run_config, node.settings.policy)
-        state = RunState.load(context.state)
-        reply = action(node, msg.content, facts, state)
-        node.ledger.record_export(contributor, run_id, kind, reply)
-        state.save(context.state)
-        return Message(reply, reply_to=msg)
+    except Exception:  # the cohort's or the state's problems are the operator's, and may quote data
+        log.exception("the node could not start")
+        raise _refuse(NodeLedger(settings.ledger_path), who, NodeError(
+            "the node cannot load its cohort or state; the node operator has the details")) from None
+    try:
+        reply = action(node, msg.content, RunFacts.from_run_config(context.run_config))
     except NodeError as ex:
-        NodeLedger(settings.ledger_path).record_export(contributor, run_id, kind, None, str(ex))
-        raise
+        raise _refuse(node.ledger, who, ex) from None
     except Exception:  # anything else may quote data: log here, send no detail
         log.exception("internal error during %s", name)
-        error = NodeError(f"internal error during {name}; the node operator has the details")
-        NodeLedger(settings.ledger_path).record_export(contributor, run_id, kind, None, str(error))
-        raise error from None
+        raise _refuse(node.ledger, who, NodeError(
+            f"internal error during {name}; the node operator has the details")) from None
+    node.ledger.record_export(*who, reply)
+    return Message(reply, reply_to=msg)
+
+
+def _refuse(ledger: NodeLedger, who: tuple[str, str, str], error: NodeError) -> NodeError:
+    """Record the error text that is about to leave, and return the error to raise."""
+    ledger.record_export(*who, None, str(error))
+    return error
 
 
 app = build_client_app()

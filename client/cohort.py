@@ -95,8 +95,9 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
     if missing:
         problems.append(f"missing column(s): {_names(missing)}")
     unexpected = [c for c in frame.columns if c not in schema.all_columns]
-    if unexpected:
-        problems.append(f"unexpected column(s) not in the schema: {_names(unexpected)}")
+    if unexpected:  # counted, not named: a file without a header row would name its first record
+        problems.append(f"{len(unexpected)} column(s) not in the schema: the header must be "
+                        "the schema's column names")
     present = [c for c in schema.all_columns if c in frame.columns]
     with_nan = [c for c in present if frame[c].isna().any()]
     if with_nan:

@@ -2,8 +2,11 @@
 
 Three tables, each written in its own transaction:
 
-- ``submissions``: one row per run a contributor opened on this node;
-- ``compute``: FLOPs and device seconds charged to a contributor, per round;
+- ``submissions``: one row per run a contributor opened on this node, with the
+  run's phase (new, scored-oob, training, closed): phases survive a restarted
+  node, a retried message or a second Flower run naming the same submission;
+- ``rounds``: each training round of a run (once per round number), with the
+  FLOPs and device seconds charged to the contributor, failed rounds included;
 - ``exports``: every reply the node sent -- run, contributor, message type,
   record keys, array shapes, bytes -- so the foundation can show its ethics
   board exactly what left the node and for whom.
@@ -24,14 +27,19 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.errors import PolicyViolation
+from client.errors import PhaseViolation, PolicyViolation
+
+#: Phases of a submission, in order.
+NEW, SCORED_OOB, TRAINING, CLOSED = "new", "scored-oob", "training", "closed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
-    run_id TEXT PRIMARY KEY, contributor TEXT NOT NULL, opened_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS compute (
-    contributor TEXT NOT NULL, run_id TEXT NOT NULL, flops INTEGER NOT NULL,
-    device_seconds REAL NOT NULL, at REAL NOT NULL);
+    run_id TEXT PRIMARY KEY, contributor TEXT NOT NULL, opened_at REAL NOT NULL,
+    phase TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL, contributor TEXT NOT NULL, server_round INTEGER NOT NULL,
+    loss REAL, flops INTEGER NOT NULL, device_seconds REAL NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (run_id, server_round));
 CREATE TABLE IF NOT EXISTS exports (
     at REAL NOT NULL, contributor TEXT NOT NULL, run_id TEXT NOT NULL,
     message_type TEXT NOT NULL, keys TEXT NOT NULL, shapes TEXT NOT NULL, bytes INTEGER NOT NULL);
@@ -98,50 +106,97 @@ class NodeLedger:
         (submissions,) = db.execute(
             "SELECT COUNT(*) FROM submissions WHERE contributor = ?", (contributor,)).fetchone()
         flops, seconds = db.execute(
-            "SELECT COALESCE(SUM(flops), 0), COALESCE(SUM(device_seconds), 0) FROM compute "
+            "SELECT COALESCE(SUM(flops), 0), COALESCE(SUM(device_seconds), 0) FROM rounds "
             "WHERE contributor = ?", (contributor,)).fetchone()
         return Usage(int(submissions), int(flops), float(seconds))
 
-    def open_submission(self, contributor: str, run_id: str, limit: int) -> Usage:
-        """Count a new run against the contributor's submissions; refuse one too many.
+    def phase(self, run_id: str) -> str:
+        """The submission's phase; ``new`` for a run the node has not seen."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            return self._phase(db, run_id)
 
-        Opening the same run again is a no-op, so a retried message is not a new submission.
+    @staticmethod
+    def _phase(db: sqlite3.Connection, run_id: str) -> str:
+        row = db.execute("SELECT phase FROM submissions WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else NEW
+
+    @staticmethod
+    def _require(phase: str, allowed: tuple[str, ...], action: str) -> None:
+        if phase not in allowed:
+            raise PhaseViolation(
+                "submission-phases",
+                f"'{action}' is not allowed once the submission is '{phase}' "
+                "(order: holdout out of the box, training rounds, final holdout)")
+
+    def open_submission(self, contributor: str, run_id: str, limit: int) -> Usage:
+        """Claim a run's out-of-the-box moment, counting it against the contributor's
+        submissions; a run gets that moment once, whatever happens after the claim.
 
         Raises
         ------
         PolicyViolation
-            ``submission-limit``, saying how many of the limit are used.
+            ``submission-limit``, saying how many of the limit are used, or
+            ``submission-phases`` for a run that already had its moment.
         """
         with self._write() as db:
-            if db.execute("SELECT 1 FROM submissions WHERE run_id = ?", (run_id,)).fetchone():
-                return self._usage(db, contributor)
+            self._require(self._phase(db, run_id), (NEW,), "holdout out of the box")
             used = self._usage(db, contributor)
             if used.submissions >= limit:
                 raise PolicyViolation("submission-limit",
                                       f"{used.submissions} of {limit} submissions used; none left")
-            db.execute("INSERT INTO submissions VALUES (?, ?, ?)", (run_id, contributor, time.time()))
+            db.execute("INSERT INTO submissions VALUES (?, ?, ?, ?)",
+                       (run_id, contributor, time.time(), SCORED_OOB))
             return Usage(used.submissions + 1, used.flops, used.device_seconds)
 
-    def require_budget(self, contributor: str, expected_flops: int, budget_flops: int) -> None:
-        """Refuse work whose expected FLOPs would take the contributor over budget.
+    def advance(self, run_id: str, allowed: tuple[str, ...], to: str, action: str) -> None:
+        """Move a submission to phase ``to``, refusing unless it is in ``allowed``."""
+        with self._write() as db:
+            self._require(self._phase(db, run_id), allowed, action)
+            db.execute("UPDATE submissions SET phase = ? WHERE run_id = ?", (to, run_id))
+
+    def begin_round(self, contributor: str, run_id: str, server_round: int, max_rounds: int,
+                    expected_flops: int, budget_flops: int) -> None:
+        """Reserve a training round before it runs, in one transaction.
 
         Raises
         ------
         PolicyViolation
-            ``compute-budget``, saying how much of the budget is left.
+            ``submission-phases`` (not after the out-of-the-box score, or after the
+            final one), ``round-once`` (that round number already ran),
+            ``rounds-range`` (the run's rounds are used up), ``compute-budget``
+            (the round would go over the contributor's budget).
         """
-        used = self.usage(contributor).flops
-        if used + expected_flops > budget_flops:
-            left = max(budget_flops - used, 0) / 1e15
-            raise PolicyViolation("compute-budget",
-                                  f"{left:.6g} PF of {budget_flops / 1e15:.6g} PF left; "
-                                  f"this round needs about {expected_flops / 1e15:.6g} PF")
-
-    def charge(self, contributor: str, run_id: str, flops: int, device_seconds: float) -> None:
-        """Record compute spent for a contributor's run."""
         with self._write() as db:
-            db.execute("INSERT INTO compute VALUES (?, ?, ?, ?, ?)",
-                       (contributor, run_id, int(flops), float(device_seconds), time.time()))
+            self._require(self._phase(db, run_id), (SCORED_OOB, TRAINING), "train")
+            if db.execute("SELECT 1 FROM rounds WHERE run_id = ? AND server_round = ?",
+                          (run_id, server_round)).fetchone():
+                raise PolicyViolation("round-once", "each round number trains once per submission")
+            (done,) = db.execute("SELECT COUNT(*) FROM rounds WHERE run_id = ?", (run_id,)).fetchone()
+            if done >= max_rounds:
+                raise PolicyViolation("rounds-range", f"the submission's {max_rounds} rounds are used")
+            used = self._usage(db, contributor).flops
+            if used + expected_flops > budget_flops:
+                left = max(budget_flops - used, 0) / 1e15
+                raise PolicyViolation("compute-budget",
+                                      f"{left:.6g} PF of {budget_flops / 1e15:.6g} PF left; "
+                                      f"this round needs about {expected_flops / 1e15:.6g} PF")
+            db.execute("INSERT INTO rounds VALUES (?, ?, ?, NULL, 0, 0, ?)",
+                       (run_id, contributor, server_round, time.time()))
+            db.execute("UPDATE submissions SET phase = ? WHERE run_id = ?", (TRAINING, run_id))
+
+    def finish_round(self, run_id: str, server_round: int, loss: float | None, flops: int,
+                     device_seconds: float) -> None:
+        """Charge a reserved round with what it cost (``loss`` None: the round failed)."""
+        with self._write() as db:
+            db.execute("UPDATE rounds SET loss = ?, flops = ?, device_seconds = ? "
+                       "WHERE run_id = ? AND server_round = ?",
+                       (loss, int(flops), float(device_seconds), run_id, server_round))
+
+    def rounds(self, run_id: str) -> list[tuple[int, float | None, int, float]]:
+        """A run's rounds: (round, loss, FLOPs, device seconds), in round order."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            return db.execute("SELECT server_round, loss, flops, device_seconds FROM rounds "
+                              "WHERE run_id = ? ORDER BY server_round", (run_id,)).fetchall()
 
     def record_export(self, contributor: str, run_id: str, message_type: str,
                       reply: RecordDict | None, error: str = "") -> None:

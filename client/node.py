@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -9,18 +14,20 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
 from client.cohort import load_cohort, split_cohort
+from client.errors import PolicyViolation
 from client.holdout import HoldoutScores, score_predictions
-from client.ledger import NodeLedger
+from client.ledger import CLOSED, TRAINING, NodeLedger
 from client.policy import (
     HOLDOUT_METRIC_KEYS,
     TRAIN_METRIC_KEYS,
     check_arrays,
     check_content_keys,
+    check_model,
     check_reply,
     parse_train_config,
 )
 from client.record import OfficialRecord
-from client.runstate import CLOSED, NEW, SCORED_OOB, TRAINING, RunFacts, RunState
+from client.runfacts import RunFacts
 from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
 from models import build_model
@@ -32,6 +39,38 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def node_secret(path: Path) -> bytes:
+    """The node's own random secret, created once (readable by the node's user only)."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(os.urandom(32))
+    return path.read_bytes()
+
+
+def round_seed(secret: bytes, submission_id: str, server_round: int) -> int:
+    """The seed of one round's shuffles: unknowable without the node's secret."""
+    digest = hashlib.sha256(secret + f"|{submission_id}|{server_round}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def check_cohort(settings: NodeSettings) -> str:
+    """The node operator's check of the cohort file, with the full validation report.
+
+    For the operator's own terminal only: what crosses the wire when a node cannot
+    load its cohort is a fixed sentence (``client.app``). Returns the file's digest.
+
+    Raises
+    ------
+    CohortValidationError
+        Every broken rule of the file.
+    """
+    cohort = load_cohort(settings.data_path)
+    split_cohort(cohort, settings.holdout_size, settings.split_seed)
+    return cohort.digest
 
 
 class ResidentCohort:
@@ -60,10 +99,13 @@ class ResidentCohort:
 
 
 class Node:
-    """One foundation node: its resident cohort, FLOP meter and rules.
+    """One foundation node: its resident cohort, FLOP meter, ledger and rules.
 
     ``Node.for_settings`` keeps one instance per process and settings, so that
-    the cohort is loaded and moved to the device once, not every round.
+    the cohort is loaded and moved to the device once per process (once per run
+    in simulation; once per message in Flower's deployment engine, which starts
+    a process per message). Everything that must outlive a process -- phases,
+    rounds, budgets, exports, FLOP counts -- is in the state directory.
     """
 
     _instances: ClassVar[dict[NodeSettings, Node]] = {}
@@ -73,6 +115,7 @@ class Node:
         self.cohort = ResidentCohort(settings)
         self.meter = FlopMeter(settings.flop_store_path)
         self.ledger = NodeLedger(settings.ledger_path)
+        self.secret = node_secret(Path(settings.state_dir) / "secret")
 
     @classmethod
     def for_settings(cls, settings: NodeSettings) -> Node:
@@ -84,8 +127,10 @@ class Node:
 
     def build(self, facts: RunFacts) -> tuple[nn.Module, dict[str, tuple[int, ...]]]:
         """The run's model on the device, and the array shapes it accepts and returns."""
-        model = build_model(facts.model, self.cohort.n_features, len(self.cohort.classes),
-                            facts.seed).to(self.cohort.device)
+        n_classes = len(self.cohort.classes)
+        check_model(facts.model, self.settings.policy, self.cohort.n_features, n_classes)
+        model = build_model(facts.model, self.cohort.n_features, n_classes, facts.seed)
+        model = model.to(self.cohort.device)
         return model, {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
     def _load(self, content: RecordDict, facts: RunFacts, allowed: set[str]
@@ -98,22 +143,25 @@ class Node:
         model.load_state_dict({k: v.to(self.cohort.device, torch.float32) for k, v in state.items()})
         return model, shapes
 
-    def train(self, content: RecordDict, facts: RunFacts, state: RunState) -> RecordDict:
-        """One round: validate, train on the training split, reply arrays + scalars."""
-        state.require(SCORED_OOB, TRAINING, action="train")
+    def train(self, content: RecordDict, facts: RunFacts) -> RecordDict:
+        """One round: validate, reserve it in the ledger, train, charge it, reply."""
+        policy, n_train = self.settings.policy, len(self.cohort.y_train)
         model, shapes = self._load(content, facts, {"arrays", "config"})
-        config = parse_train_config(content.get("config"), self.settings.policy, facts.seed)
-        policy = self.settings.policy
-        self.ledger.require_budget(
-            facts.contributor, expected_flops(model, len(self.cohort.y_train), config, self.meter),
-            policy.compute_budget_flops)
-        result = train_local(model, self.cohort.x_train, self.cohort.y_train, config, self.meter)
-        self.ledger.charge(facts.contributor, facts.submission_id, result.flops, result.device_seconds)
-        state.phase = TRAINING
-        state.rounds.append(config.server_round)
-        state.losses.append(result.loss)
-        state.flops += result.flops
-        state.device_seconds += result.device_seconds
+        parsed = parse_train_config(content.get("config"), policy, seed=0)
+        if parsed.batch_size > n_train:
+            raise PolicyViolation("batch-size-range", "at most the number of training records")
+        config = replace(parsed, seed=round_seed(self.secret, facts.submission_id, parsed.server_round))
+        self.ledger.begin_round(facts.contributor, facts.submission_id, config.server_round,
+                                min(facts.num_rounds, policy.rounds_max),
+                                expected_flops(model, n_train, config, self.meter),
+                                policy.compute_budget_flops)
+        flops_before, started, result = self.meter.total, time.perf_counter(), None
+        try:
+            result = train_local(model, self.cohort.x_train, self.cohort.y_train, config, self.meter)
+        finally:  # a failed round is charged too
+            self.ledger.finish_round(facts.submission_id, config.server_round,
+                                     result.loss if result else None, self.meter.total - flops_before,
+                                     result.device_seconds if result else time.perf_counter() - started)
         reply = RecordDict({
             "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
             "metrics": MetricRecord({
@@ -121,13 +169,11 @@ class Node:
                 "compute-flops": result.flops, "device-seconds": result.device_seconds,
             }),
         })
-        check_reply(reply, shapes, TRAIN_METRIC_KEYS, self.settings.policy)
+        check_reply(reply, shapes, TRAIN_METRIC_KEYS, policy)
         return reply
 
-    def score_out_of_the_box(self, content: RecordDict, facts: RunFacts,
-                             state: RunState) -> RecordDict:
-        """Score the submitted model before any training; write it to the official record."""
-        state.require(NEW, action="holdout out of the box")
+    def score_out_of_the_box(self, content: RecordDict, facts: RunFacts) -> RecordDict:
+        """Claim the run's out-of-the-box moment, score the submitted model, record it."""
         record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
         model = self._load(content, facts, {"arrays"})[0]
         usage = self.ledger.open_submission(facts.contributor, facts.submission_id,
@@ -135,21 +181,24 @@ class Node:
         record.write_out_of_the_box(
             self._score(model), usage=self._usage_metrics(usage.submissions, usage.flops),
             params={"cohort_digest": self.cohort.digest,
-                            "n_train": str(len(self.cohort.y_train)),
-                            "n_holdout": str(len(self.cohort.y_holdout)),
-                            "node_device": self.cohort.device.type})
-        state.phase = SCORED_OOB
+                    "n_train": str(len(self.cohort.y_train)),
+                    "n_holdout": str(len(self.cohort.y_holdout)),
+                    "node_device": self.cohort.device.type})
         return self._acknowledge()
 
-    def score_final(self, content: RecordDict, facts: RunFacts, state: RunState) -> RecordDict:
-        """Score the fine-tuned model, write it with training curve and compute; close the run."""
-        state.require(TRAINING, action="final holdout")
-        scores = self._score(self._load(content, facts, {"arrays"})[0])
+    def score_final(self, content: RecordDict, facts: RunFacts) -> RecordDict:
+        """Close the run, then score the fine-tuned model and write it with the training
+        curve and the compute used. Closing first: a run is never scored twice."""
+        record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
+        model = self._load(content, facts, {"arrays"})[0]
+        self.ledger.advance(facts.submission_id, (TRAINING,), CLOSED, "final holdout")
+        rounds = self.ledger.rounds(facts.submission_id)
         usage = self.ledger.usage(facts.contributor)
-        OfficialRecord(self.settings.tracking_uri, facts.submission_id).write_final(
-            scores, state.rounds, state.losses, state.flops, state.device_seconds,
-            self.cohort.classes, usage=self._usage_metrics(usage.submissions, usage.flops))
-        state.phase = CLOSED
+        record.write_final(
+            self._score(model), rounds=[r for r, loss, _, _ in rounds if loss is not None],
+            losses=[loss for _, loss, _, _ in rounds if loss is not None],
+            flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
+            classes=self.cohort.classes, usage=self._usage_metrics(usage.submissions, usage.flops))
         return self._acknowledge()
 
     def _usage_metrics(self, submissions: int, flops: int) -> dict[str, float]:

@@ -12,10 +12,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PolicyViolation, ReplyRefused
 from client.training import TrainConfig
+from models import ModelSpec, build_model
+from models.registry import UnknownModelError
 
 #: Config keys a strategy may send with a train message (``server-round`` is Flower's).
 TRAIN_CONFIG_KEYS = frozenset({"lr", "local-epochs", "batch-size", "proximal-mu", "server-round"})
@@ -40,6 +43,7 @@ class WorkspacePolicy:
     max_array_bytes: int = 64 * 2**20
     compute_budget_pf: float = 100.0
     submissions_max: int = 5
+    max_parameters: int = 5_000_000
 
     @property
     def compute_budget_flops(self) -> int:
@@ -73,6 +77,26 @@ def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int)
     _within("server-round-range", server_round, 1, policy.rounds_max)
     return TrainConfig(lr=lr, local_epochs=epochs, batch_size=batch, proximal_mu=mu,
                        server_round=server_round, seed=seed)
+
+
+def check_model(spec: ModelSpec, policy: WorkspacePolicy, n_features: int, n_classes: int) -> None:
+    """Refuse a model outside the policy before building it: its name, then its size,
+    counted on the ``meta`` device (no memory, no data).
+
+    Raises
+    ------
+    PolicyViolation
+        ``allowed-models``, ``model-spec`` or ``max-parameters``.
+    """
+    if spec.name not in policy.allowed_models:
+        raise PolicyViolation("allowed-models", f"models allowed: {list(policy.allowed_models)}")
+    try:
+        with torch.device("meta"):
+            size = sum(p.numel() for p in build_model(spec, n_features, n_classes).parameters())
+    except (UnknownModelError, ValueError, TypeError, RuntimeError):
+        raise PolicyViolation("model-spec", f"hyperparameters do not fit model '{spec.name}'") from None
+    if size > policy.max_parameters:
+        raise PolicyViolation("max-parameters", f"at most {policy.max_parameters} parameters")
 
 
 def check_content_keys(content: RecordDict, allowed: set[str], rule: str) -> None:

@@ -16,7 +16,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One round's local training, as validated by the node's policy."""
+    """One round's local training, as validated by the node's policy.
+
+    ``seed`` drives the round's shuffles and dropout. The node derives it from a
+    secret of its own (``client.node.round_seed``), so nobody outside the node
+    knows which records share a batch.
+    """
 
     lr: float
     local_epochs: int
@@ -28,7 +33,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Aggregate outcome of one round of local training (no per-record values)."""
+    """Aggregate outcome of one round of local training (no per-record values).
+
+    ``loss`` is the mean training loss over the last epoch's records, proximal
+    term included; ``num_examples`` the records one epoch used.
+    """
 
     loss: float
     num_examples: int
@@ -110,28 +119,31 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     y : torch.Tensor
         Class indices, shape (n_records,).
     config : TrainConfig
-        The round's hyperparameters. Batches are shuffled from
-        ``(config.seed, config.server_round)``, so a run is reproducible.
+        The round's hyperparameters. Batches are shuffled from ``config.seed``,
+        so a round is reproducible for whoever knows the seed. Every step uses
+        exactly ``batch_size`` records: the short remainder of each epoch's
+        shuffle is left out (it changes every epoch), so no step ever sees fewer.
     meter : FlopMeter
         Accumulates the FLOPs of every step.
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     anchor = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else None
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + config.server_round)
+    generator = torch.Generator().manual_seed(config.seed)
     arch = architecture_key(model)
     flops_before = meter.total
     n = len(y)
+    used = n - n % config.batch_size
     loss_sum = torch.zeros((), device=x.device)
     started = time.perf_counter()
 
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout draws from (seed, round) too
-        torch.manual_seed(config.seed * 1_000_003 + config.server_round)
+        torch.manual_seed(config.seed)
         for _ in range(config.local_epochs):
             loss_sum.zero_()
             order = torch.randperm(n, generator=generator).to(x.device)
-            for start in range(0, n, config.batch_size):
+            for start in range(0, used, config.batch_size):
                 batch = order[start:start + config.batch_size]
 
                 def step(batch: torch.Tensor = batch) -> None:
@@ -150,8 +162,8 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     return TrainResult(
-        loss=float(loss_sum) / n,
-        num_examples=n,
+        loss=float(loss_sum) / used,
+        num_examples=used,
         flops=meter.total - flops_before,
         device_seconds=time.perf_counter() - started,
     )
@@ -164,12 +176,8 @@ def expected_flops(model: nn.Module, n: int, config: TrainConfig, meter: FlopMet
     round of a new architecture or batch size): the charge then comes after.
     """
     arch, proximal = architecture_key(model), config.proximal_mu > 0
-    full, rest = divmod(n, config.batch_size)
-    sizes = {config.batch_size: full, **({rest: 1} if rest else {})}
-    per_step = {size: meter.known((arch, size, proximal)) for size in sizes}
-    if None in per_step.values():
-        return 0
-    return config.local_epochs * sum(per_step[size] * steps for size, steps in sizes.items())
+    per_step = meter.known((arch, config.batch_size, proximal))
+    return 0 if per_step is None else config.local_epochs * (n // config.batch_size) * per_step
 
 
 @torch.no_grad()

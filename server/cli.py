@@ -61,7 +61,8 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from client.errors import NodeError
-    from server.config import compose_config, node_settings, output_dir, submission_from_config
+    from client.node import check_cohort
+    from server.config import compose_config, node_settings, submission_from_config
     from server.leaderboard import format_leaderboard, read_leaderboard
     from server.workspace import Workspace
 
@@ -74,8 +75,8 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
         submissions = [submission_from_config(compose_config(p)) for p in plans]
         prepare_cohort(cfg)
         node = node_settings(cfg)
-        workspace = Workspace(node, str(cfg.tracking.experiment),
-                              artifact_dir=output_dir(cfg) / "mlartifacts", verbose=verbose)
+        check_cohort(node)  # in simulation this command is also the node's operator
+        workspace = Workspace(node, str(cfg.tracking.experiment), verbose=verbose)
         for submission in submissions:
             workspace.check(submission)
     except (NodeError, HydraException, OmegaConfBaseException, ValueError, OSError) as ex:

@@ -87,7 +87,11 @@ def run_on_superlink(run_config: UserConfig, project_dir: Path, connection: str,
     with tempfile.TemporaryDirectory(prefix="cohortfl-run-") as tmp:
         config_file = Path(tmp) / "run-config.toml"  # a file: values hold spaces and quotes
         config_file.write_text(tomli_w.dumps(dict(run_config)), encoding="utf-8")
-        done = subprocess.run(["flwr", "run", str(project_dir), connection, "--stream",
-                               "--run-config", str(config_file)],
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        try:
+            done = subprocess.run(["flwr", "run", str(project_dir), connection, "--stream",
+                                   "--run-config", str(config_file)],
+                                  env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return (f"no result within {timeout:.0f} s; the run may still be going on the "
+                    f"SuperLink: see `flwr ls {connection}` and `flwr stop`")
     return (done.stdout[-3000:] + done.stderr[-3000:]) if done.returncode else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from server.workspace import TAG_BATCH, TAG_CONTRIBUTOR
@@ -46,10 +47,19 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
     if found is None:
         raise LookupError(f"no experiment '{experiment}' in {tracking_uri}")
     query = "attributes.status = 'FINISHED'"
+    if batch and not re.fullmatch(r"[\w.-]+", batch):
+        raise LookupError("a batch id holds only letters, digits, '.', '_' and '-'")
     if batch:
         query += f" and tags.`{TAG_BATCH}` = '{batch}'"
-    runs = client.search_runs([found.experiment_id], filter_string=query,
-                              order_by=["metrics.holdout_macro_f1 DESC"], max_results=1000)
+    runs, token = [], None
+    while True:  # every page: a leaderboard that silently stops at N rows would mislead
+        page = client.search_runs([found.experiment_id], filter_string=query,
+                                  order_by=["metrics.holdout_macro_f1 DESC"], max_results=1000,
+                                  page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
     return [
         Row(
             contributor=run.data.tags.get(TAG_CONTRIBUTOR, "?"),

@@ -23,8 +23,10 @@ from pathlib import Path
 from flwr.app import ConfigRecord
 
 from client.errors import PolicyViolation
-from client.policy import parse_train_config
+from client.policy import check_model, parse_train_config
+from client.schema import SCHEMA
 from client.settings import NodeSettings
+from models.features import StandardFeatures
 from server.app import Progress
 from server.submission import Submission
 
@@ -75,8 +77,6 @@ class Workspace:
 
         Outcomes come back in the order the runs finish.
         """
-        for submission in submissions:
-            self.check(submission)
         opened = [self.open_run(s, batch) for s in submissions]
         outcomes = []
         if parallel <= 1:
@@ -90,7 +90,11 @@ class Workspace:
             futures = {pool.submit(simulate, s, self.node, self.verbose,
                                    progress(s) if progress else None): s for s in opened}
             for future in as_completed(futures):
-                outcomes.append(self.close_run(futures[future], future.result()))
+                try:
+                    error = future.result()
+                except Exception as ex:  # the worker process died: the run failed all the same
+                    error = f"{type(ex).__name__}: {ex}"
+                outcomes.append(self.close_run(futures[future], error))
         return outcomes
 
     def check(self, submission: Submission) -> None:
@@ -102,8 +106,8 @@ class Workspace:
             Naming the rule; the node enforces the same rules again on every message.
         """
         policy = self.node.policy
-        if submission.model.name not in policy.allowed_models:
-            raise PolicyViolation("allowed-models", f"models allowed: {list(policy.allowed_models)}")
+        width = StandardFeatures(SCHEMA.numeric, SCHEMA.categorical).n_features
+        check_model(submission.model, policy, width, len(SCHEMA.classes))
         if not 1 <= submission.num_rounds <= policy.rounds_max:
             raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
         parse_train_config(ConfigRecord(submission.train_config()), policy, submission.seed)
@@ -123,8 +127,8 @@ class Workspace:
         A run without the node's final holdout score failed, whatever the engine said.
         """
         recorded = self.client.get_run(submission.submission_id).data.metrics
-        if not error and "holdout_macro_f1" not in recorded:
-            error = "the node recorded no final holdout score"
+        if not error and not {"holdout_oob_macro_f1", "holdout_macro_f1"} <= set(recorded):
+            error = "the node did not record both holdout scores"
         if error:
             self.client.set_tag(submission.submission_id, TAG_ERROR, error[:5000])
         self.client.set_terminated(submission.submission_id, "FAILED" if error else "FINISHED")

@@ -32,8 +32,9 @@ def free_port() -> int:
 
 def start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     """A process in its own session, so that it and its children can be stopped together."""
-    return subprocess.Popen(args, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    with log.open("w") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
 
 
 def stop(process: subprocess.Popen) -> None:

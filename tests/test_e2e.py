@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from client.holdout import score_predictions
-from client.node import ResidentCohort
+from client.node import ResidentCohort, round_seed
 from client.settings import NodeSettings
 from client.training import FlopMeter, TrainConfig, predict, train_local
 from models import ModelSpec, build_model
@@ -90,11 +90,12 @@ def test_federated_with_one_node_matches_central_training(finished_run):
     node = ResidentCohort(NodeSettings(data_path=str(tmp / "cohort.parquet"), tracking_uri=uri,
                                        state_dir=str(tmp / "node-state"), device="cpu"))
     model = build_model(ModelSpec("linear"), node.n_features, 3, seed=0)
-    meter = FlopMeter()
-    for server_round in range(1, ROUNDS + 1):
+    meter, secret = FlopMeter(), (tmp / "node-state" / "secret").read_bytes()
+    for server_round in range(1, ROUNDS + 1):  # the node's batches, from its own secret
+        seed = round_seed(secret, run.info.run_id, server_round)
         train_local(model, node.x_train, node.y_train,
-                    TrainConfig(lr=LR, local_epochs=1, batch_size=32, server_round=server_round),
-                    meter)
+                    TrainConfig(lr=LR, local_epochs=1, batch_size=32, server_round=server_round,
+                                seed=seed), meter)
     central = score_predictions(node.y_holdout.numpy(), predict(model, node.x_holdout).numpy(),
                                 node.classes)
     assert np.isclose(central.macro_f1, run.data.metrics["holdout_macro_f1"], atol=1e-9)

@@ -24,9 +24,31 @@ def test_a_sixth_submission_is_refused_saying_what_is_used(ledger):
     assert ledger.open_submission("bob", "run-b", limit=5).submissions == 1  # per contributor
 
 
-def test_reopening_the_same_run_is_not_a_new_submission(ledger):
-    ledger.open_submission("ada", "run-1", limit=1)
-    assert ledger.open_submission("ada", "run-1", limit=1).submissions == 1
+def test_a_run_gets_its_out_of_the_box_moment_once(ledger):
+    ledger.open_submission("ada", "run-1", limit=5)
+    with pytest.raises(PolicyViolation, match="'submission-phases'"):
+        ledger.open_submission("ada", "run-1", limit=5)
+    assert ledger.usage("ada").submissions == 1
+
+
+def test_each_round_number_trains_once_and_rounds_are_bounded(ledger):
+    ledger.open_submission("ada", "run-1", limit=5)
+    ledger.begin_round("ada", "run-1", 1, max_rounds=2, expected_flops=0, budget_flops=10)
+    with pytest.raises(PolicyViolation, match="'round-once'"):
+        ledger.begin_round("ada", "run-1", 1, max_rounds=2, expected_flops=0, budget_flops=10)
+    ledger.begin_round("ada", "run-1", 7, max_rounds=2, expected_flops=0, budget_flops=10)
+    with pytest.raises(PolicyViolation, match="'rounds-range'"):
+        ledger.begin_round("ada", "run-1", 8, max_rounds=2, expected_flops=0, budget_flops=10)
+
+
+def test_phases_survive_a_new_ledger_object_as_a_restarted_node(ledger):
+    ledger.open_submission("ada", "run-1", limit=5)
+    ledger.begin_round("ada", "run-1", 1, max_rounds=2, expected_flops=0, budget_flops=10)
+    ledger.advance("run-1", ("training",), "closed", "final holdout")
+    again = NodeLedger(ledger.path)
+    assert again.phase("run-1") == "closed"
+    with pytest.raises(PolicyViolation, match="'submission-phases'"):
+        again.begin_round("ada", "run-1", 2, max_rounds=2, expected_flops=0, budget_flops=10)
 
 
 def _open_after_barrier(path, run_id, barrier, results):
@@ -57,18 +79,27 @@ def test_concurrent_submissions_do_not_exceed_the_limit(tmp_path):
     assert NodeLedger(path).usage("ada").submissions == 5
 
 
+def _round(ledger, who, run, number, flops, seconds=1.0, expected=0, budget=10**18):
+    if ledger.phase(run) == "new":
+        ledger.open_submission(who, run, limit=5)
+    ledger.begin_round(who, run, number, max_rounds=9, expected_flops=expected, budget_flops=budget)
+    ledger.finish_round(run, number, 0.5, flops, seconds)
+
+
 def test_work_that_would_go_over_budget_is_refused_before_it_starts(ledger):
-    ledger.charge("ada", "run-1", flops=60 * 10**15, device_seconds=1.0)
-    ledger.require_budget("ada", expected_flops=40 * 10**15, budget_flops=100 * 10**15)
+    pf = 10**15
+    _round(ledger, "ada", "run-1", 1, flops=60 * pf)
+    _round(ledger, "ada", "run-1", 2, flops=0, expected=40 * pf, budget=100 * pf)
     with pytest.raises(PolicyViolation, match=r"'compute-budget'.*40 PF of 100 PF left"):
-        ledger.require_budget("ada", expected_flops=41 * 10**15, budget_flops=100 * 10**15)
-    ledger.require_budget("bob", expected_flops=100 * 10**15, budget_flops=100 * 10**15)
+        _round(ledger, "ada", "run-1", 3, flops=0, expected=41 * pf, budget=100 * pf)
+    assert [r[0] for r in ledger.rounds("run-1")] == [1, 2]  # the refused round left no trace
+    _round(ledger, "bob", "run-2", 1, flops=0, expected=100 * pf, budget=100 * pf)
 
 
 def test_charges_add_up_per_contributor(ledger):
-    ledger.charge("ada", "r1", 10, 0.5)
-    ledger.charge("ada", "r2", 5, 0.25)
-    ledger.charge("bob", "r3", 7, 1.0)
+    _round(ledger, "ada", "r1", 1, 10, 0.5)
+    _round(ledger, "ada", "r2", 1, 5, 0.25)
+    _round(ledger, "bob", "r3", 1, 7, 1.0)
     usage = ledger.usage("ada")
     assert (usage.flops, usage.device_seconds) == (15, 0.75)
 
@@ -110,10 +141,11 @@ def tight_node(tmp_path, cohort_parquet):
 
 
 def _facts(run_id):
-    from client.runstate import RunFacts
+    from client.runfacts import RunFacts
     from models import ModelSpec
 
-    return RunFacts(contributor="ada", submission_id=run_id, model=ModelSpec("linear"), seed=0)
+    return RunFacts(contributor="ada", submission_id=run_id, model=ModelSpec("linear"), seed=0,
+                    num_rounds=5)
 
 
 def _arrays(node, facts):
@@ -123,15 +155,13 @@ def _arrays(node, facts):
 def test_the_node_refuses_a_round_that_would_go_over_budget(tight_node):
     from flwr.app import ConfigRecord
 
-    from client.runstate import RunState
-
     node, new_run = tight_node
-    facts, state = _facts(new_run()), RunState()
-    node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, facts)}), facts, state)
+    facts = _facts(new_run())
+    node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, facts)}), facts)
 
     def train(server_round):
         config = ConfigRecord({"lr": 0.1, "local-epochs": 1, "batch-size": 32, "server-round": server_round})
-        return node.train(RecordDict({"arrays": _arrays(node, facts), "config": config}), facts, state)
+        return node.train(RecordDict({"arrays": _arrays(node, facts), "config": config}), facts)
 
     train(1)
     with pytest.raises(PolicyViolation, match="'compute-budget'"):
@@ -142,12 +172,10 @@ def test_the_node_refuses_a_round_that_would_go_over_budget(tight_node):
 def test_the_node_refuses_a_submission_over_the_limit_before_scoring(tight_node):
     from mlflow.tracking import MlflowClient
 
-    from client.runstate import RunState
-
     node, new_run = tight_node
     first, second = _facts(new_run()), _facts(new_run())
-    node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, first)}), first, RunState())
+    node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, first)}), first)
     with pytest.raises(PolicyViolation, match="'submission-limit'.*1 of 1"):
-        node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, second)}), second, RunState())
+        node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, second)}), second)
     metrics = MlflowClient(node.settings.tracking_uri).get_run(second.submission_id).data.metrics
     assert "holdout_oob_macro_f1" not in metrics

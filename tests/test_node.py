@@ -15,9 +15,10 @@ import client.node
 from client.cohort import load_cohort, split_cohort
 from client.errors import NodeError, PhaseViolation, PolicyViolation
 from client.holdout import score_predictions
+from client.ledger import CLOSED, NEW, SCORED_OOB, TRAINING
 from client.node import Node
 from client.policy import TRAIN_METRIC_KEYS
-from client.runstate import CLOSED, NEW, SCORED_OOB, TRAINING, RunFacts, RunState
+from client.runfacts import RunFacts
 from client.schema import SCHEMA
 from client.settings import NodeSettings
 from client.training import predict
@@ -59,7 +60,8 @@ def _new_run(store) -> str:
 @pytest.fixture
 def facts(store) -> RunFacts:
     run_id = _new_run(store)  # a contributor per test: the node's submission limit is per contributor
-    return RunFacts(contributor=f"tester-{run_id[:8]}", submission_id=run_id, model=SPEC, seed=0)
+    return RunFacts(contributor=f"tester-{run_id[:8]}", submission_id=run_id, model=SPEC, seed=0,
+                    num_rounds=ROUNDS)
 
 
 def _arrays(model: torch.nn.Module) -> ArrayRecord:
@@ -92,7 +94,6 @@ def _score(node: Node, facts: RunFacts, arrays: ArrayRecord):
 @dataclass
 class Finished:
     facts: RunFacts
-    state: RunState
     submitted: ArrayRecord
     oob_reply: RecordDict
     train_replies: list[RecordDict]
@@ -101,28 +102,28 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished(node, store) -> Finished:
-    facts = RunFacts(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0)
-    state = RunState()
+    facts = RunFacts(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0,
+                     num_rounds=ROUNDS)
     submitted = _initial(node, facts)
-    oob_reply = node.score_out_of_the_box(RecordDict({"arrays": submitted}), facts, state)
-    assert state.phase == SCORED_OOB
+    oob_reply = node.score_out_of_the_box(RecordDict({"arrays": submitted}), facts)
+    assert node.ledger.phase(facts.submission_id) == SCORED_OOB
     arrays, replies = submitted, []
     for server_round in range(1, ROUNDS + 1):
-        replies.append(node.train(_train_content(arrays, server_round), facts, state))
+        replies.append(node.train(_train_content(arrays, server_round), facts))
         arrays = replies[-1]["arrays"]
-        assert state.phase == TRAINING
-    final_reply = node.score_final(RecordDict({"arrays": arrays}), facts, state)
-    return Finished(facts, state, submitted, oob_reply, replies, final_reply)
+        assert node.ledger.phase(facts.submission_id) == TRAINING
+    final_reply = node.score_final(RecordDict({"arrays": arrays}), facts)
+    return Finished(facts, submitted, oob_reply, replies, final_reply)
 
 
 def _run(store, finished: Finished):
     return MlflowClient(store[0]).get_run(finished.facts.submission_id)
 
 
-def test_holdout_replies_carry_only_an_acknowledgement(finished):
+def test_holdout_replies_carry_only_an_acknowledgement(finished, node):
     assert _plain(finished.oob_reply) == {"metrics": {"recorded": 1}}
     assert _plain(finished.final_reply) == {"metrics": {"recorded": 1}}
-    assert finished.state.phase == CLOSED
+    assert node.ledger.phase(finished.facts.submission_id) == CLOSED
 
 
 def test_oob_score_of_the_submitted_model_is_recorded(store, finished, node, cohort_parquet):
@@ -141,14 +142,13 @@ def test_final_score_curve_and_compute_are_recorded(store, finished, node):
     assert metrics["holdout_macro_f1"] == pytest.approx(expected.macro_f1)
     assert metrics["holdout_recall_fast"] == pytest.approx(expected.recall["Fast"])
     assert metrics["compute_flops"] > 0
-    assert metrics["compute_flops"] == ROUNDS * ROUND_FLOPS == finished.state.flops
+    assert metrics["compute_flops"] == ROUNDS * ROUND_FLOPS
     assert metrics["rounds_trained"] == ROUNDS
     history = sorted(client.get_metric_history(finished.facts.submission_id, "train_loss"),
                      key=lambda m: m.step)
     assert [m.step for m in history] == list(range(1, ROUNDS + 1))
     losses = [reply["metrics"]["train-loss"] for reply in finished.train_replies]
     assert [m.value for m in history] == pytest.approx(losses)
-    assert finished.state.losses == pytest.approx(losses)
     artifacts = [a.path for a in client.list_artifacts(finished.facts.submission_id)]
     assert "holdout_confusion_matrix.png" in artifacts
 
@@ -171,42 +171,45 @@ def test_train_reply_carries_only_model_arrays_and_allowed_scalars(finished, nod
 
 
 def test_nothing_is_accepted_after_the_final_holdout(node, finished):
-    state = RunState(phase=finished.state.phase, rounds=list(finished.state.rounds))
     arrays = finished.train_replies[-1]["arrays"]
+    more = RunFacts(**{**finished.facts.__dict__, "num_rounds": ROUNDS + 5})
     for action, content in [(node.train, _train_content(arrays, ROUNDS + 1)),
                             (node.score_out_of_the_box, RecordDict({"arrays": arrays})),
                             (node.score_final, RecordDict({"arrays": arrays}))]:
         with pytest.raises(PhaseViolation, match="submission-phases"):
-            action(content, finished.facts, state)
-    assert state.phase == CLOSED and state.rounds == list(range(1, ROUNDS + 1))
+            action(content, more)
+    run_id = finished.facts.submission_id
+    assert node.ledger.phase(run_id) == CLOSED
+    assert [r[0] for r in node.ledger.rounds(run_id)] == list(range(1, ROUNDS + 1))
 
 
 # --- phases -----------------------------------------------------------------------
 
 
 def test_train_before_oob_scoring_is_refused(node, facts):
-    state = RunState()
     with pytest.raises(PhaseViolation, match="submission-phases") as info:
-        node.train(_train_content(_initial(node, facts)), facts, state)
+        node.train(_train_content(_initial(node, facts)), facts)
     assert info.value.rule == "submission-phases"
-    assert state.phase == NEW and state.rounds == [] and state.flops == 0
+    assert node.ledger.phase(facts.submission_id) == NEW
+    assert node.ledger.rounds(facts.submission_id) == []
 
 
-@pytest.mark.parametrize("phase", [NEW, SCORED_OOB])
-def test_final_before_any_training_is_refused(node, facts, phase):
-    state = RunState(phase=phase)
+@pytest.mark.parametrize("scored", [False, True])
+def test_final_before_any_training_is_refused(node, facts, scored):
+    content = RecordDict({"arrays": _initial(node, facts)})
+    if scored:
+        node.score_out_of_the_box(content, facts)
     with pytest.raises(PhaseViolation, match="submission-phases"):
-        node.score_final(RecordDict({"arrays": _initial(node, facts)}), facts, state)
-    assert state.phase == phase
+        node.score_final(content, facts)
+    assert node.ledger.phase(facts.submission_id) == (SCORED_OOB if scored else NEW)
 
 
 def test_a_second_oob_scoring_is_refused(node, facts, store):
-    state = RunState()
     content = RecordDict({"arrays": _initial(node, facts)})
-    node.score_out_of_the_box(content, facts, state)
+    node.score_out_of_the_box(content, facts)
     with pytest.raises(PhaseViolation, match="submission-phases"):
-        node.score_out_of_the_box(content, facts, state)
-    assert state.phase == SCORED_OOB
+        node.score_out_of_the_box(content, facts)
+    assert node.ledger.phase(facts.submission_id) == SCORED_OOB
     history = MlflowClient(store[0]).get_metric_history(facts.submission_id, "holdout_oob_macro_f1")
     assert len(history) == 1
 
@@ -220,42 +223,41 @@ def _metrics(store, facts) -> dict:
 
 def _wrong_shapes(node, facts) -> ArrayRecord:
     wide = ModelSpec("mlp", {"hidden": [HIDDEN + 1]})
-    other = RunFacts(facts.contributor, facts.submission_id, wide, facts.seed)
+    other = RunFacts(facts.contributor, facts.submission_id, wide, facts.seed, facts.num_rounds)
     return _initial(node, other)
 
 
 def test_oob_with_wrong_shapes_is_refused_and_nothing_recorded(node, facts, store):
-    state = RunState()
     with pytest.raises(PolicyViolation, match="model-arrays"):
-        node.score_out_of_the_box(RecordDict({"arrays": _wrong_shapes(node, facts)}), facts, state)
-    assert state.phase == NEW
+        node.score_out_of_the_box(RecordDict({"arrays": _wrong_shapes(node, facts)}), facts)
+    assert node.ledger.phase(facts.submission_id) == NEW
     assert _metrics(store, facts) == {}
 
 
 def test_train_with_wrong_shapes_is_refused(node, facts):
-    state = RunState(phase=SCORED_OOB)
+    node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), facts)
     with pytest.raises(PolicyViolation, match="model-arrays"):
-        node.train(_train_content(_wrong_shapes(node, facts)), facts, state)
-    assert state.phase == SCORED_OOB and state.rounds == [] and state.flops == 0
+        node.train(_train_content(_wrong_shapes(node, facts)), facts)
+    assert node.ledger.phase(facts.submission_id) == SCORED_OOB
+    assert node.ledger.rounds(facts.submission_id) == []
 
 
 def test_train_with_a_record_selecting_config_is_refused(node, facts):
-    state = RunState(phase=SCORED_OOB)
+    node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), facts)
     with pytest.raises(PolicyViolation, match="known-config-keys"):
-        node.train(_train_content(_initial(node, facts), indices=[0, 1, 2]), facts, state)
+        node.train(_train_content(_initial(node, facts), indices=[0, 1, 2]), facts)
     content = _train_content(_initial(node, facts))
     content["record-ids"] = ConfigRecord({"ids": [0, 1, 2]})
     with pytest.raises(PolicyViolation, match="message-records"):
-        node.train(content, facts, state)
-    assert state.rounds == []
+        node.train(content, facts)
+    assert node.ledger.rounds(facts.submission_id) == []
 
 
 def test_oob_for_an_unknown_submission_is_refused(node, facts):
-    state = RunState()
-    unknown = RunFacts(facts.contributor, "0" * 32, facts.model, facts.seed)
+    unknown = RunFacts(facts.contributor, "0" * 32, facts.model, facts.seed, facts.num_rounds)
     with pytest.raises(NodeError, match="submission-id"):
-        node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), unknown, state)
-    assert state.phase == NEW
+        node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), unknown)
+    assert node.ledger.phase(unknown.submission_id) == NEW
 
 
 # --- preprocessing --------------------------------------------------------------------
