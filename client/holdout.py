@@ -16,10 +16,14 @@ class HoldoutScores:
     ----------
     macro_f1 : float
         Unweighted mean of the per-class F1 scores.
+    accuracy : float
+        Share of records predicted right.
     recall, f1 : dict of str to float
         Per-class recall and F1, keyed by class name.
     confusion : numpy.ndarray
         Counts, shape (n_classes, n_classes): rows true class, columns predicted.
+    n_records : int
+        Holdout records scored.
     """
 
     macro_f1: float
@@ -40,7 +44,15 @@ class HoldoutScores:
 
 def score_predictions(y_true: np.ndarray, y_pred: np.ndarray,
                       classes: tuple[str, ...]) -> HoldoutScores:
-    """Compute the holdout metrics from true and predicted class indices."""
+    """Compute the holdout metrics from true and predicted class indices.
+
+    Parameters
+    ----------
+    y_true, y_pred : numpy.ndarray
+        Class indices, shape (n_records,).
+    classes : tuple of str
+        Class names, in index order.
+    """
     labels = list(range(len(classes)))
     recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from client.schema import SCHEMA
 from models import build_model
 from models.features import StandardFeatures
+from server.errors import SubmissionFailed
 from server.refusals import RefusalRecordingGrid, reason
 from server.submission import Submission
 
@@ -28,12 +29,16 @@ from server.submission import Submission
 Progress = Callable[[str, int, int], None]
 
 
-class SubmissionFailed(RuntimeError):
-    """A phase of the submission did not complete; the message says which and why."""
-
-
 def build_server_app(progress: Progress | None = None, node_timeout: float = 120.0) -> ServerApp:
-    """The workspace's ServerApp, reading the submission from the run config."""
+    """The workspace's ServerApp, reading the submission from the run config.
+
+    Parameters
+    ----------
+    progress : callable, optional
+        Told of each phase and round, as ``progress(phase, done, total)``.
+    node_timeout : float
+        Seconds to wait for the first node to connect.
+    """
     app = ServerApp()
 
     @app.main()
@@ -46,7 +51,22 @@ def build_server_app(progress: Progress | None = None, node_timeout: float = 120
 
 def host_submission(grid: Grid, submission: Submission, progress: Progress | None = None,
                     node_timeout: float = 120.0) -> None:
-    """Drive one submission through out-of-the-box scoring, training and final scoring."""
+    """Drive one submission through out-of-the-box scoring, training and final scoring.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid of this run.
+    submission : Submission
+        What the workspace set in the run config.
+    progress, node_timeout
+        As in ``build_server_app``.
+
+    Raises
+    ------
+    SubmissionFailed
+        A node refused a phase, or a round aggregated no reply; with the node's reason.
+    """
     report = progress or (lambda phase, done, total: None)
     grid = RefusalRecordingGrid(grid)
     node_ids = wait_for_nodes(grid, node_timeout)

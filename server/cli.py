@@ -62,29 +62,26 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
 
     from client.errors import NodeError
     from client.node import check_cohort
-    from server.config import compose_config, node_settings, submission_from_config
+    from server.config import load_plan
     from server.leaderboard import format_leaderboard, read_leaderboard
     from server.workspace import Workspace
 
     started = time.perf_counter()
     memory = PeakMemory()
     try:
-        cfg = compose_config(overrides)
-        plans = ([[*s.overrides, f"contributor={s.contributor}", *overrides]
-                  for s in cfg.demo.submissions] if demo else [overrides])
-        submissions = [submission_from_config(compose_config(p)) for p in plans]
-        prepare_cohort(cfg)
-        node = node_settings(cfg)
-        check_cohort(node)  # in simulation this command is also the node's operator
-        workspace = Workspace(node, str(cfg.tracking.experiment), verbose=verbose)
-        for submission in submissions:
+        plan = load_plan(overrides, demo)
+        if plan.workspace.synthetic_seed is not None:
+            write_synthetic_cohort(plan.workspace.cohort_path, plan.workspace.synthetic_seed)
+        check_cohort(plan.node)  # in simulation this command is also the node's operator
+        workspace = Workspace(plan.node, plan.workspace.experiment, verbose=verbose)
+        for submission in plan.submissions:
             workspace.check(submission)
     except (NodeError, HydraException, OmegaConfBaseException, ValueError, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
 
-    batch = time.strftime("%Y%m%dT%H%M%S")
-    parallel = min(int(cfg.workspace.parallel_runs), len(submissions))
+    submissions, batch = plan.submissions, time.strftime("%Y%m%dT%H%M%S")
+    parallel = min(plan.workspace.parallel_runs, len(submissions))
     print(f"{len(submissions)} submission(s), {parallel} at a time:")
     for submission in submissions:
         print(f"  {submission.contributor}: {submission.strategy_name} + {submission.model.name}, "
@@ -98,26 +95,23 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
             print(f"{outcome.submission.contributor} failed: {outcome.error}", file=sys.stderr)
 
     print()
-    print(format_leaderboard(read_leaderboard(node.tracking_uri, str(cfg.tracking.experiment),
+    print(format_leaderboard(read_leaderboard(plan.node.tracking_uri, plan.workspace.experiment,
                                               batch=batch)))
     print()
     wall = time.perf_counter() - started
     print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "
           f"peak memory {memory.stop():.0f} MB (all processes together)")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {node.tracking_uri} --port 5000")
-    print(f"Leaderboard: cohortfl leaderboard --tracking-uri {node.tracking_uri}")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {plan.node.tracking_uri} --port 5000")
+    print(f"Leaderboard: cohortfl leaderboard --tracking-uri {plan.node.tracking_uri}")
     return 1 if failed else 0
 
 
-def prepare_cohort(cfg) -> None:  # cfg: DictConfig
-    """Write the synthetic cohort file when the config asks for one."""
-    if cfg.cohort.kind != "synthetic":
-        return
+def write_synthetic_cohort(path: Path, seed: int) -> None:
+    """Write the synthetic demo cohort where the node will read it."""
     from client.synthetic import generate_cohort
 
-    path = Path(str(cfg.cohort.path)).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = generate_cohort(int(cfg.cohort.seed))
+    table = generate_cohort(seed)
     table.to_parquet(path, index=False)
     print(f"synthetic cohort: {len(table)} records, {table.shape[1] - 2} features -> {path}")
 
@@ -126,13 +120,14 @@ def leaderboard(tracking_uri: str | None, experiment: str | None, batch: str | N
     """Print the leaderboard of an MLflow store."""
     from server.config import compose_config
     from server.config import tracking_uri as default_uri
+    from server.errors import LeaderboardError
     from server.leaderboard import format_leaderboard, read_leaderboard
 
     cfg = compose_config()
     try:
         rows = read_leaderboard(tracking_uri or default_uri(cfg),
                                 experiment or str(cfg.tracking.experiment), batch)
-    except LookupError as ex:
+    except LeaderboardError as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
     print(format_leaderboard(rows))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -54,4 +55,49 @@ def node_settings(cfg: DictConfig) -> NodeSettings:
         split_seed=int(cfg.cohort.split_seed),
         state_dir=str(output_dir(cfg) / "node-state"),
         policy=policy_from_mapping(OmegaConf.to_container(cfg.workspace.limits, resolve=True)),
+    )
+
+
+@dataclass(frozen=True)
+class WorkspaceSettings:
+    """What the workspace itself takes from the configuration.
+
+    Attributes
+    ----------
+    synthetic_seed : int or None
+        Seed of the synthetic cohort to write at ``cohort_path``; None when the
+        cohort is a file the node already has.
+    """
+
+    experiment: str
+    parallel_runs: int
+    cohort_path: Path
+    synthetic_seed: int | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one ``cohortfl demo`` or ``run`` needs, read from the config once."""
+
+    workspace: WorkspaceSettings
+    node: NodeSettings
+    submissions: list[Submission]
+
+
+def load_plan(overrides: list[str], demo: bool) -> Plan:
+    """Compose the configuration (and, for the demo, each pilot submission's) into typed values.
+
+    Command-line overrides apply to every submission, after the submission's own.
+    """
+    cfg = compose_config(overrides)
+    plans = ([[*entry.overrides, f"contributor={entry.contributor}", *overrides]
+              for entry in cfg.demo.submissions] if demo else [overrides])
+    return Plan(
+        workspace=WorkspaceSettings(
+            experiment=str(cfg.tracking.experiment),
+            parallel_runs=int(cfg.workspace.parallel_runs),
+            cohort_path=Path(str(cfg.cohort.path)).expanduser(),
+            synthetic_seed=int(cfg.cohort.seed) if cfg.cohort.kind == "synthetic" else None),
+        node=node_settings(cfg),
+        submissions=[submission_from_config(compose_config(p)) for p in plans],
     )

@@ -35,7 +35,19 @@ def run_simulation(server_app: ServerApp, client_app: ClientApp, run_config: Use
                    num_nodes: int = 1, use_gpu: bool = False, verbose: bool = False) -> None:
     """Run ``server_app`` against ``num_nodes`` nodes running ``client_app``.
 
-    Raises whatever the ServerApp raised.
+    Parameters
+    ----------
+    run_config : UserConfig
+        Flat keys and str/int/float values, as ``flwr run --run-config`` takes them.
+    use_gpu : bool
+        Give each node's actor one GPU.
+    verbose : bool
+        Show Flower's own log.
+
+    Raises
+    ------
+    Exception
+        Whatever the ServerApp raised.
     """
     run = Run.create_empty(run_id=secrets.randbits(63))
     run.primary_task_id = secrets.randbits(63)

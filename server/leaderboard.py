@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from server.errors import LeaderboardError
 from server.workspace import TAG_BATCH, TAG_CONTRIBUTOR
 
 
@@ -37,18 +38,18 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
 
     Raises
     ------
-    LookupError
-        The store has no such experiment.
+    LeaderboardError
+        The store has no such experiment, or the batch id is malformed.
     """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise LookupError(f"no experiment '{experiment}' in {tracking_uri}")
+        raise LeaderboardError(f"no experiment '{experiment}' in {tracking_uri}")
     query = "attributes.status = 'FINISHED'"
     if batch and not re.fullmatch(r"[\w.-]+", batch):
-        raise LookupError("a batch id holds only letters, digits, '.', '_' and '-'")
+        raise LeaderboardError("a batch id holds only letters, digits, '.', '_' and '-'")
     if batch:
         query += f" and tags.`{TAG_BATCH}` = '{batch}'"
     runs, token = [], None

@@ -19,33 +19,42 @@ class RefusalRecordingGrid(Grid):
         self._grid = grid
         self.refusals: list[str] = []
 
-    def set_run(self, run) -> None:  # noqa: ANN001 (Flower's Run)
+    def set_run(self, run) -> None:  # run: Flower's Run
+        """Set the run on the wrapped grid."""
         self._grid.set_run(run)
 
     @property
     def run(self):  # -> Run
+        """The wrapped grid's run."""
         return self._grid.run
 
     def create_message(self, *args, **kwargs) -> Message:
+        """Create a message with the wrapped grid."""
         return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
+        """Node ids of the wrapped grid."""
         return self._grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push through the wrapped grid."""
         return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull through the wrapped grid, noting refusals."""
         return self._note(self._grid.pull_messages(message_ids))
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
+        """Send and receive through the wrapped grid, noting refusals."""
         return self._note(self._grid.send_and_receive(messages, timeout=timeout))
 
-    def __getattr__(self, name: str):  # anything else a Grid implementation offers
+    def __getattr__(self, name: str):  # noqa: ANN204
+        """Anything else a Grid implementation offers, from the wrapped grid."""
         return getattr(self._grid, name)
 
     def _note(self, replies: Iterable[Message]) -> list[Message]:
+        """Keep the reasons of error replies; return the replies unchanged."""
         replies = list(replies)
         self.refusals += [reason(r) for r in replies if r.has_error()]
         return replies
