@@ -10,10 +10,14 @@ Nothing here sees a score: the nodes reply only that they recorded it.
 
 from __future__ import annotations
 
+import base64
+import io
 import time
+import types
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
@@ -70,7 +74,7 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
     report = progress or (lambda phase, done, total: None)
     grid = RefusalRecordingGrid(grid)
     node_ids = wait_for_nodes(grid, node_timeout)
-    strategy = build_strategy(submission.strategy, len(node_ids))
+    strategy = build_strategy(submission.strategy, len(node_ids), submission.strategy_source)
     initial = initial_arrays(submission)
 
     ask_nodes(grid, node_ids, "query.holdout_oob", RecordDict({"arrays": initial}))
@@ -92,12 +96,24 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
     report("final", 1, 1)
 
 
-def build_strategy(config: dict, n_nodes: int) -> Strategy:
-    """Instantiate a strategy from ``_target_`` config; node minimums = real node count.
+def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:
+    """Instantiate a strategy; node minimums = the real node count.
 
-    Flower's FedAvg family defaults to 2 minimum nodes and waits forever with one.
+    ``_target_`` names a class of ``flwr.serverapp.strategy``, of ``strategies``,
+    or (``contributor.Name``) of the contributor's own module given as ``source``,
+    which runs here in the ServerApp process and nowhere else. Flower's FedAvg
+    family defaults to 2 minimum nodes and would wait forever with one.
     """
-    strategy = instantiate(dict(config))
+    target = str(config.get("_target_", ""))
+    kwargs = {k: v for k, v in config.items() if k != "_target_"}
+    if target.startswith("contributor."):
+        module = types.ModuleType("contributor")
+        exec(compile(source, "<contributor strategy.py>", "exec"), module.__dict__)  # noqa: S102
+        strategy = getattr(module, target.removeprefix("contributor."))(**kwargs)
+    elif target.startswith(("flwr.serverapp.strategy.", "strategies.")):
+        strategy = instantiate({"_target_": target, **kwargs})
+    else:
+        raise SubmissionFailed(f"strategy _target_ '{target}' is outside the allowed packages")
     for attribute in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
         if hasattr(strategy, attribute):
             setattr(strategy, attribute, min(getattr(strategy, attribute), n_nodes))
@@ -105,10 +121,16 @@ def build_strategy(config: dict, n_nodes: int) -> Strategy:
 
 
 def initial_arrays(submission: Submission) -> ArrayRecord:
-    """The submitted model's starting weights, from the model spec and seed."""
+    """The submitted model's starting weights: the package's, or drawn from the seed."""
     width = StandardFeatures(SCHEMA.numeric, SCHEMA.categorical).n_features
     model = build_model(submission.model, width, len(SCHEMA.classes), submission.seed)
-    return ArrayRecord(model.state_dict())
+    if not submission.initial_weights:
+        return ArrayRecord(model.state_dict())
+    with np.load(io.BytesIO(base64.b64decode(submission.initial_weights)), allow_pickle=False) as npz:
+        given = {name: npz[name] for name in npz.files}
+    order = [k for k in model.state_dict() if k in given] + [k for k in given if k not in
+                                                            model.state_dict()]
+    return ArrayRecord({k: Array(np.ascontiguousarray(given[k])) for k in order})  # the node judges
 
 
 def wait_for_nodes(grid: Grid, timeout: float) -> list[int]:

@@ -2,6 +2,8 @@
 
     cohortfl demo [HYDRA_OVERRIDE ...]       the pilot's submissions on a synthetic cohort
     cohortfl run [HYDRA_OVERRIDE ...]        one submission (conf/config.yaml)
+    cohortfl submit PACKAGE --contributor NAME [HYDRA_OVERRIDE ...]
+                                             a contributor's package (server/intake.py)
     cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
 """
 
@@ -14,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = commands.add_parser(name, help=text)
         command.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. strategy=fedprox")
         command.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
+    submit = commands.add_parser("submit", help="run a contributor's submission package")
+    submit.add_argument("package", type=Path, help="folder with submission.yaml [strategy.py] "
+                        "[initial.npz]")
+    submit.add_argument("--contributor", required=True, help="who submits (the workspace's word)")
+    submit.add_argument("overrides", nargs="*", help="Hydra overrides of the workspace, e.g. "
+                        "workspace.num_rounds=10")
+    submit.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
     board = commands.add_parser("leaderboard", help="print the leaderboard from an MLflow store")
     board.add_argument("--tracking-uri", default=None,
                        help="MLflow store (default: sqlite:///cohortfl-demo/mlflow.db)")
@@ -45,24 +55,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="the node's state directory (default: cohortfl-demo/node-state)")
     policy = commands.add_parser("policy", help="print the workspace policy the node enforces")
     policy.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. workspace=pilot")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
+    if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "leaderboard":
         return leaderboard(args.tracking_uri, args.experiment, args.batch)
     if args.command == "exports":
         return print_exports(args.contributor, args.state_dir)
     if args.command == "policy":
         return print_policy(args.overrides)
-    return submit_all(args.overrides, demo=args.command == "demo", verbose=args.verbose)
+    package = (args.package, args.contributor) if args.command == "submit" else None
+    return submit_all(args.overrides, demo=args.command == "demo", verbose=args.verbose,
+                      package=package)
 
 
-def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
-    """Compose the config, prepare the cohort, run the submissions, print the table."""
+def submit_all(overrides: list[str], demo: bool, verbose: bool,
+               package: tuple[Path, str] | None = None) -> int:
+    """Compose the config, prepare the cohort, run the submissions, print the table.
+
+    ``package`` (folder, contributor) replaces the configured submission by a
+    contributor's package, checked before any of it runs.
+    """
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from client.errors import NodeError
     from client.node import check_cohort
     from server.config import load_plan
+    from server.intake import load_package
     from server.leaderboard import format_leaderboard, read_leaderboard
     from server.workspace import Workspace
 
@@ -70,6 +92,11 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool) -> int:
     memory = PeakMemory()
     try:
         plan = load_plan(overrides, demo)
+        if package:
+            shape = plan.submissions[0]
+            plan = replace(plan, submissions=[load_package(
+                package[0], package[1], shape.local_epochs, shape.num_rounds,
+                plan.node.policy.max_array_bytes)])
         if plan.workspace.synthetic_seed is not None:
             write_synthetic_cohort(plan.workspace.cohort_path, plan.workspace.synthetic_seed)
         check_cohort(plan.node)  # in simulation this command is also the node's operator

@@ -7,3 +7,19 @@ class SubmissionFailed(RuntimeError):
 
 class LeaderboardError(LookupError):
     """The leaderboard cannot be read: no such experiment, or a malformed query."""
+
+
+class PackageRefused(ValueError):
+    """A submission package broke an intake rule; nothing in it ran.
+
+    Parameters
+    ----------
+    rule : str
+        The rule's name, e.g. ``package-files``.
+    detail : str
+        What is allowed.
+    """
+
+    def __init__(self, rule: str, detail: str) -> None:
+        self.rule = rule
+        super().__init__(f"package refused by rule '{rule}': {detail}")

@@ -6,6 +6,7 @@ set by the workspace when it creates the run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ class Submission:
     ----------
     strategy : dict
         Keyword arguments of the strategy with its ``_target_`` class path.
+    strategy_source : str
+        A contributor's own strategy module as text (``_target_`` ``contributor.Name``).
+    initial_weights : str
+        Base64 of an ``.npz`` of starting weights; empty: drawn from ``seed``.
     """
 
     contributor: str
@@ -34,6 +39,8 @@ class Submission:
     num_rounds: int
     seed: int = 0
     submission_id: str = ""
+    strategy_source: str = ""
+    initial_weights: str = ""
 
     @property
     def strategy_name(self) -> str:
@@ -56,6 +63,8 @@ class Submission:
             "local-epochs": int(self.local_epochs),
             "num-rounds": int(self.num_rounds),
             "seed": int(self.seed),
+            "strategy-source": self.strategy_source,
+            "initial-weights": self.initial_weights,
         }
 
     @classmethod
@@ -71,6 +80,8 @@ class Submission:
             num_rounds=int(run_config["num-rounds"]),
             seed=int(run_config["seed"]),
             submission_id=str(run_config["submission-id"]),
+            strategy_source=str(run_config.get("strategy-source", "")),
+            initial_weights=str(run_config.get("initial-weights", "")),
         )
 
     def params(self) -> dict[str, str]:
@@ -84,4 +95,11 @@ class Submission:
             "lr": str(self.lr), "batch_size": str(self.batch_size),
             "local_epochs": str(self.local_epochs), "num_rounds": str(self.num_rounds),
             "seed": str(self.seed),
+            "strategy_source_sha256": _digest(self.strategy_source),
+            "initial_weights_sha256": _digest(self.initial_weights),
         }
+
+
+def _digest(text: str) -> str:
+    """SHA-256 of a text, or "none" when it is empty."""
+    return hashlib.sha256(text.encode()).hexdigest() if text else "none"

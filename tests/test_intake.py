@@ -1,0 +1,157 @@
+"""Submission packages: refused before any of their code runs; accepted ones run for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from models import ModelSpec, build_model
+from server.errors import PackageRefused
+from server.intake import load_package
+
+STRATEGY = '''
+"""FedAvg with a learning-rate warm-up over the first rounds."""
+
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAvg
+
+
+class FedAvgWarmup(FedAvg):
+    def __init__(self, warmup_rounds: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.warmup_rounds = warmup_rounds
+
+    def configure_train(self, server_round, arrays, config, grid):
+        config = ConfigRecord(dict(config))
+        if server_round <= self.warmup_rounds:
+            config["lr"] = float(config["lr"]) * server_round / (self.warmup_rounds + 1)
+        return super().configure_train(server_round, arrays, config, grid)
+'''
+SUBMISSION = {"strategy": {"_target_": "contributor.FedAvgWarmup", "fraction_evaluate": 0.0,
+                           "warmup_rounds": 2},
+              "model": {"name": "linear"}, "lr": 0.1, "batch_size": 32, "seed": 3}
+
+
+def make_package(folder: Path, submission: dict | None = None, strategy: str | None = STRATEGY,
+                 weights_seed: int | None = 42) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "submission.yaml").write_text(yaml.safe_dump(submission or SUBMISSION))
+    if strategy is not None:
+        (folder / "strategy.py").write_text(strategy)
+    if weights_seed is not None:
+        model = build_model(ModelSpec("linear"), 255, 3, seed=weights_seed)
+        np.savez(folder / "initial.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
+    return folder
+
+
+def load(folder: Path):
+    return load_package(folder, "ada", local_epochs=1, num_rounds=3, max_weight_bytes=10**6)
+
+
+def test_a_package_becomes_a_submission_whose_identity_comes_from_the_workspace(tmp_path):
+    submission = load(make_package(tmp_path / "p"))
+    assert submission.contributor == "ada" and submission.num_rounds == 3
+    assert "class FedAvgWarmup" in submission.strategy_source and submission.initial_weights
+
+
+@pytest.mark.parametrize("name", ["client_app.py", "pyproject.toml", "task.py", "model.pt"])
+def test_extra_files_are_refused(tmp_path, name):
+    folder = make_package(tmp_path / "p")
+    (folder / name).write_text("x")
+    with pytest.raises(PackageRefused, match=f"'package-files'.*{name}"):
+        load(folder)
+
+
+def test_a_subfolder_is_refused(tmp_path):
+    folder = make_package(tmp_path / "p")
+    (folder / "client").mkdir()
+    with pytest.raises(PackageRefused, match="'package-files'"):
+        load(folder)
+
+
+@pytest.mark.parametrize("line", [
+    "from flwr.clientapp import ClientApp",
+    "import flwr.clientapp",
+    "from client.node import Node",
+    "import client.app as node_app",
+    "app = ClientApp()",
+    "from flwr.simulation import run_simulation",
+])
+def test_client_side_code_in_the_strategy_is_refused(tmp_path, line, monkeypatch):
+    imported = []
+    monkeypatch.setattr("builtins.__import__", _spy(imported))
+    folder = make_package(tmp_path / "p", strategy=STRATEGY + "\n" + line + "\n")
+    with pytest.raises(PackageRefused, match="'no-client-code'"):
+        load(folder)
+    assert "contributor" not in imported  # the strategy was read, never imported
+
+
+def _spy(imported: list[str]):
+    real = __import__
+
+    def spy(name, *args, **kwargs):
+        imported.append(name)
+        return real(name, *args, **kwargs)
+
+    return spy
+
+
+@pytest.mark.parametrize("target", ["os.system", "client.app.build_client_app",
+                                    "contributor.FedAvgWarmup"])
+def test_targets_outside_the_allowed_packages_are_refused(tmp_path, target):
+    submission = {**SUBMISSION, "strategy": {"_target_": target}}
+    strategy = None if target.startswith("contributor.") else STRATEGY  # contributor.* needs a module
+    with pytest.raises(PackageRefused, match="'strategy-target'"):
+        load(make_package(tmp_path / "p", submission, strategy=strategy))
+
+
+@pytest.mark.parametrize("change, rule", [
+    ({"contributor": "someone-else"}, "submission-keys"),  # identity is not the package's to say
+    ({"record_ids": [1, 2]}, "submission-keys"),
+])
+def test_unknown_submission_keys_are_refused(tmp_path, change, rule):
+    with pytest.raises(PackageRefused, match=f"'{rule}'"):
+        load(make_package(tmp_path / "p", {**SUBMISSION, **change}))
+
+
+def test_weights_that_are_not_an_npz_or_too_large_are_refused(tmp_path):
+    folder = make_package(tmp_path / "p")
+    with pytest.raises(PackageRefused, match="'max-array-bytes'"):
+        load_package(folder, "ada", 1, 3, max_weight_bytes=100)
+    (folder / "initial.npz").write_bytes(b"not an archive")
+    with pytest.raises(PackageRefused, match="'initial-weights'"):
+        load(folder)
+
+
+def test_a_package_runs_end_to_end_with_its_own_strategy_and_weights(tmp_path):
+    folder = make_package(tmp_path / "pkg")
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
+    done = subprocess.run([sys.executable, "-m", "server.cli", "submit", str(folder), "--contributor",
+                           "ada", "workspace.num_rounds=3", f"output_dir={tmp_path}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("cohortfl-leaderboard").experiment_id])
+    assert run.data.params["strategy"] == "FedAvgWarmup" and run.data.params["contributor"] == "ada"
+    assert run.data.params["strategy_source_sha256"] != "none"
+
+    # the out-of-the-box score is the package's weights' score, not a fresh draw's
+    from client.holdout import score_predictions
+    from client.node import ResidentCohort
+    from client.settings import NodeSettings
+    from client.training import predict
+
+    cohort = ResidentCohort(NodeSettings(data_path=str(tmp_path / "cohort.parquet"),
+                                         tracking_uri="unused", state_dir=str(tmp_path / "s"),
+                                         device="cpu"))
+    model = build_model(ModelSpec("linear"), 255, 3, seed=42)
+    expected = score_predictions(cohort.y_holdout.numpy(), predict(model, cohort.x_holdout).numpy(),
+                                 cohort.classes)
+    assert run.data.metrics["holdout_oob_macro_f1"] == pytest.approx(expected.macro_f1)
