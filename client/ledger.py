@@ -6,7 +6,8 @@ Three tables, each written in its own transaction:
   run's phase (new, scored-oob, training, closed): phases survive a restarted
   node, a retried message or a second Flower run naming the same submission;
 - ``rounds``: each training round of a run (once per round number), with the
-  FLOPs and device seconds charged to the contributor, failed rounds included;
+  FLOPs and device seconds charged to the contributor, failed rounds included,
+  and its DP-SGD accounting entry when the workspace uses differential privacy;
 - ``exports``: every reply the node sent -- run, contributor, message type,
   record keys, array shapes, bytes -- so the foundation can show its ethics
   board exactly what left the node and for whom.
@@ -28,6 +29,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PhaseViolation, PolicyViolation
+from client.privacy import Entry, epsilon
 
 #: Phases of a submission, in order.
 NEW, SCORED_OOB, TRAINING, CLOSED = "new", "scored-oob", "training", "closed"
@@ -39,6 +41,7 @@ CREATE TABLE IF NOT EXISTS submissions (
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL, contributor TEXT NOT NULL, server_round INTEGER NOT NULL,
     loss REAL, flops INTEGER NOT NULL, device_seconds REAL NOT NULL, at REAL NOT NULL,
+    dp_noise REAL, dp_sample_rate REAL, dp_steps INTEGER,
     PRIMARY KEY (run_id, server_round));
 CREATE TABLE IF NOT EXISTS exports (
     at REAL NOT NULL, contributor TEXT NOT NULL, run_id TEXT NOT NULL,
@@ -155,7 +158,8 @@ class NodeLedger:
             db.execute("UPDATE submissions SET phase = ? WHERE run_id = ?", (to, run_id))
 
     def begin_round(self, contributor: str, run_id: str, server_round: int, max_rounds: int,
-                    expected_flops: int, budget_flops: int) -> None:
+                    expected_flops: int, budget_flops: int,
+                    privacy: tuple[Entry, float, float] | None = None) -> None:
         """Reserve a training round before it runs, in one transaction.
 
         Raises
@@ -164,7 +168,9 @@ class NodeLedger:
             ``submission-phases`` (not after the out-of-the-box score, or after the
             final one), ``round-once`` (that round number already ran),
             ``rounds-range`` (the run's rounds are used up), ``compute-budget``
-            (the round would go over the contributor's budget).
+            (the round would go over the contributor's budget), ``privacy-budget``
+            (with ``privacy`` = (this round's accounting entry, delta, epsilon budget):
+            the round would take the contributor's epsilon over budget).
         """
         with self._write() as db:
             self._require(self._phase(db, run_id), (SCORED_OOB, TRAINING), "train")
@@ -180,8 +186,16 @@ class NodeLedger:
                 raise PolicyViolation("compute-budget",
                                       f"{left:.6g} PF of {budget_flops / 1e15:.6g} PF left; "
                                       f"this round needs about {expected_flops / 1e15:.6g} PF")
-            db.execute("INSERT INTO rounds VALUES (?, ?, ?, NULL, 0, 0, ?)",
-                       (run_id, contributor, server_round, time.time()))
+            entry = None
+            if privacy is not None:
+                entry, delta, epsilon_budget = privacy
+                spent = epsilon([*self._privacy_history(db, contributor), entry], delta)
+                if spent > epsilon_budget:
+                    raise PolicyViolation(
+                        "privacy-budget", f"this round would spend epsilon {spent:.3g} at delta "
+                        f"{delta:g}, over the budget of {epsilon_budget:g}")
+            db.execute("INSERT INTO rounds VALUES (?, ?, ?, NULL, 0, 0, ?, ?, ?, ?)",
+                       (run_id, contributor, server_round, time.time(), *(entry or (None,) * 3)))
             db.execute("UPDATE submissions SET phase = ? WHERE run_id = ?", (TRAINING, run_id))
 
     def finish_round(self, run_id: str, server_round: int, loss: float | None, flops: int,
@@ -191,6 +205,17 @@ class NodeLedger:
             db.execute("UPDATE rounds SET loss = ?, flops = ?, device_seconds = ? "
                        "WHERE run_id = ? AND server_round = ?",
                        (loss, int(flops), float(device_seconds), run_id, server_round))
+
+    def privacy_spent(self, contributor: str, delta: float) -> float:
+        """Epsilon at ``delta`` spent by all the contributor's DP rounds on this node."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            return epsilon(self._privacy_history(db, contributor), delta)
+
+    @staticmethod
+    def _privacy_history(db: sqlite3.Connection, contributor: str) -> list[Entry]:
+        return [(float(a), float(b), int(c)) for a, b, c in db.execute(
+            "SELECT dp_noise, dp_sample_rate, dp_steps FROM rounds WHERE contributor = ? "
+            "AND dp_noise IS NOT NULL", (contributor,))]
 
     def rounds(self, run_id: str) -> list[tuple[int, float | None, int, float]]:
         """A run's rounds: (round, loss, FLOPs, device seconds), in round order."""

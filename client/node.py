@@ -26,6 +26,7 @@ from client.policy import (
     check_reply,
     parse_train_config,
 )
+from client.privacy import round_entry, train_local_dp
 from client.record import OfficialRecord
 from client.runfacts import RunFacts
 from client.settings import NodeSettings
@@ -151,13 +152,21 @@ class Node:
         if parsed.batch_size > n_train:
             raise PolicyViolation("batch-size-range", "at most the number of training records")
         config = replace(parsed, seed=round_seed(self.secret, facts.submission_id, parsed.server_round))
-        self.ledger.begin_round(facts.contributor, facts.submission_id, config.server_round,
-                                min(facts.num_rounds, policy.rounds_max),
-                                expected_flops(model, n_train, config, self.meter),
-                                policy.compute_budget_flops)
+        privacy = policy.privacy
+        if privacy and config.proximal_mu > 0:
+            raise PolicyViolation("dp-proximal", "no proximal term under DP-SGD (it is not clipped)")
+        self.ledger.begin_round(
+            facts.contributor, facts.submission_id, config.server_round,
+            min(facts.num_rounds, policy.rounds_max),
+            expected_flops(model, n_train, config, self.meter) if not privacy else 0,
+            policy.compute_budget_flops,
+            (round_entry(n_train, config, privacy), privacy.delta, privacy.epsilon_budget)
+            if privacy else None)
         flops_before, started, result = self.meter.total, time.perf_counter(), None
+        x, y = self.cohort.x_train, self.cohort.y_train
         try:
-            result = train_local(model, self.cohort.x_train, self.cohort.y_train, config, self.meter)
+            result = (train_local_dp(model, x, y, config, self.meter, privacy) if privacy
+                      else train_local(model, x, y, config, self.meter))
         finally:  # a failed round is charged too
             self.ledger.finish_round(facts.submission_id, config.server_round,
                                      result.loss if result else None, self.meter.total - flops_before,
@@ -179,7 +188,7 @@ class Node:
         usage = self.ledger.open_submission(facts.contributor, facts.submission_id,
                                             self.settings.policy.submissions_max)
         record.write_out_of_the_box(
-            self._score(model), usage=self._usage_metrics(usage.submissions, usage.flops),
+            self._score(model), usage=self._usage_metrics(facts, usage.submissions, usage.flops),
             params={"cohort_digest": self.cohort.digest,
                     "n_train": str(len(self.cohort.y_train)),
                     "n_holdout": str(len(self.cohort.y_holdout)),
@@ -198,15 +207,21 @@ class Node:
             self._score(model), rounds=[r for r, loss, _, _ in rounds if loss is not None],
             losses=[loss for _, loss, _, _ in rounds if loss is not None],
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
-            classes=self.cohort.classes, usage=self._usage_metrics(usage.submissions, usage.flops))
+            classes=self.cohort.classes, usage=self._usage_metrics(facts, usage.submissions, usage.flops))
         return self._acknowledge()
 
-    def _usage_metrics(self, submissions: int, flops: int) -> dict[str, float]:
-        """The contributor's budget and submissions, as the node's ledger has them."""
+    def _usage_metrics(self, facts: RunFacts, submissions: int, flops: int) -> dict[str, float]:
+        """The contributor's budgets (compute, submissions, privacy), from the node's ledger."""
         policy = self.settings.policy
-        return {"budget_compute_used_pf": flops / 1e15, "budget_compute_pf": policy.compute_budget_pf,
-                "budget_submissions_used": float(submissions),
-                "budget_submissions_limit": float(policy.submissions_max)}
+        usage = {"budget_compute_used_pf": flops / 1e15, "budget_compute_pf": policy.compute_budget_pf,
+                 "budget_submissions_used": float(submissions),
+                 "budget_submissions_limit": float(policy.submissions_max)}
+        if policy.privacy:
+            usage.update(privacy_epsilon=self.ledger.privacy_spent(facts.contributor, policy.dp_delta),
+                         privacy_delta=policy.dp_delta, privacy_epsilon_budget=policy.dp_epsilon_budget,
+                         privacy_noise_multiplier=policy.dp_noise_multiplier,
+                         privacy_max_grad_norm=policy.dp_max_grad_norm)
+        return usage
 
     def _score(self, model: nn.Module) -> HoldoutScores:
         """Holdout metrics of ``model``; predictions never leave this method."""

@@ -16,6 +16,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PolicyViolation, ReplyRefused
+from client.privacy import PrivacyPolicy
 from client.training import TrainConfig
 from models import ModelSpec, build_model
 from models.registry import UnknownModelError
@@ -44,6 +45,19 @@ class WorkspacePolicy:
     compute_budget_pf: float = 100.0
     submissions_max: int = 5
     max_parameters: int = 5_000_000
+    dp_enabled: bool = False
+    dp_noise_multiplier: float = 1.0
+    dp_max_grad_norm: float = 1.0
+    dp_delta: float = 1e-5
+    dp_epsilon_budget: float = 10.0
+
+    @property
+    def privacy(self) -> PrivacyPolicy | None:
+        """DP-SGD settings when the workspace uses differential privacy, else None."""
+        if not self.dp_enabled:
+            return None
+        return PrivacyPolicy(self.dp_noise_multiplier, self.dp_max_grad_norm, self.dp_delta,
+                             self.dp_epsilon_budget)
 
     @property
     def compute_budget_flops(self) -> int:

@@ -1,0 +1,72 @@
+"""DP-SGD on the node: noise changes the weights, epsilon is accounted and bounded."""
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from mlflow.tracking import MlflowClient
+
+from client.errors import PolicyViolation
+from client.node import Node
+from client.policy import WorkspacePolicy
+from client.privacy import PrivacyPolicy, epsilon, round_entry, train_local_dp
+from client.runfacts import RunFacts
+from client.settings import NodeSettings
+from client.training import FlopMeter, TrainConfig, train_local
+from models import ModelSpec, build_model
+
+
+def test_epsilon_grows_with_steps_and_shrinks_with_noise():
+    assert epsilon([], 1e-5) == 0.0
+    few, many = epsilon([(1.0, 1 / 16, 16)], 1e-5), epsilon([(1.0, 1 / 16, 160)], 1e-5)
+    noisier = epsilon([(2.0, 1 / 16, 160)], 1e-5)
+    assert 0 < few < many and noisier < many
+
+
+def test_dp_sgd_clips_and_adds_noise():
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 255), torch.randint(0, 3, (256,))
+    config = TrainConfig(lr=0.1, local_epochs=1, batch_size=32, seed=5)
+    plain = build_model(ModelSpec("linear"), 255, 3)
+    noisy = build_model(ModelSpec("linear"), 255, 3)
+    train_local(plain, x, y, config, FlopMeter())
+    result = train_local_dp(noisy, x, y, config, FlopMeter(),
+                            PrivacyPolicy(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5,
+                                          epsilon_budget=10))
+    assert not torch.allclose(plain.linear.weight, noisy.linear.weight)
+    assert result.flops > 0 and result.num_examples == 256
+    assert set(noisy.state_dict()) == {"linear.weight", "linear.bias"}  # no Opacus prefixes
+
+
+@pytest.fixture
+def private_node(tmp_path, cohort_parquet):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("dp", artifact_location=str(tmp_path / "artifacts"))
+    entry = round_entry(512, TrainConfig(lr=0.1, local_epochs=1, batch_size=32), PrivacyPolicy(
+        1.0, 1.0, 1e-5, 0))
+    budget = (epsilon([entry], 1e-5) + epsilon([entry, entry], 1e-5)) / 2  # 1 round fits, 2 do not
+    policy = WorkspacePolicy(dp_enabled=True, dp_epsilon_budget=budget)
+    node = Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=uri, device="cpu",
+                             state_dir=str(tmp_path / "state"), policy=policy))
+    return node, lambda: client.create_run(experiment).info.run_id
+
+
+def _content(node, facts, server_round, **config):
+    arrays = ArrayRecord({k: v.detach().cpu() for k, v in node.build(facts)[0].state_dict().items()})
+    values = {"lr": 0.1, "local-epochs": 1, "batch-size": 32, "server-round": server_round} | config
+    return RecordDict({"arrays": arrays, "config": ConfigRecord(values)})
+
+
+def test_the_node_accounts_epsilon_per_contributor_and_refuses_over_budget(private_node):
+    node, new_run = private_node
+    facts = RunFacts("ada", new_run(), ModelSpec("linear"), 0, num_rounds=5)
+    node.score_out_of_the_box(RecordDict({"arrays": _content(node, facts, 1)["arrays"]}), facts)
+    node.train(_content(node, facts, 1), facts)
+    with pytest.raises(PolicyViolation, match="'privacy-budget'"):
+        node.train(_content(node, facts, 2), facts)
+    with pytest.raises(PolicyViolation, match="'dp-proximal'"):
+        node.train(_content(node, facts, 3, **{"proximal-mu": 0.1}), facts)
+    node.score_final(RecordDict({"arrays": _content(node, facts, 1)["arrays"]}), facts)
+    metrics = MlflowClient(node.settings.tracking_uri).get_run(facts.submission_id).data.metrics
+    assert 0 < metrics["privacy_epsilon"] <= metrics["privacy_epsilon_budget"]
+    assert metrics["privacy_delta"] == 1e-5
