@@ -235,6 +235,13 @@ class NodeLedger:
                        (time.time(), contributor, run_id, message_type, json.dumps(keys),
                         json.dumps(shapes), size))
 
+    def export_totals(self, run_id: str) -> tuple[int, int]:
+        """Replies sent and their bytes, for one run."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM exports "
+                                     "WHERE run_id = ?", (run_id,)).fetchone()
+        return int(count), int(size)
+
     def exports(self, contributor: str | None = None) -> list[Export]:
         """The export ledger, oldest first, for one contributor or all."""
         query = "SELECT * FROM exports" + (" WHERE contributor = ?" if contributor else "")

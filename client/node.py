@@ -216,6 +216,8 @@ class Node:
         usage = {"budget_compute_used_pf": flops / 1e15, "budget_compute_pf": policy.compute_budget_pf,
                  "budget_submissions_used": float(submissions),
                  "budget_submissions_limit": float(policy.submissions_max)}
+        usage["exported_replies"], usage["exported_bytes"] = map(
+            float, self.ledger.export_totals(facts.submission_id))
         if policy.privacy:
             usage.update(privacy_epsilon=self.ledger.privacy_spent(facts.contributor, policy.dp_delta),
                          privacy_delta=policy.dp_delta, privacy_epsilon_budget=policy.dp_epsilon_budget,

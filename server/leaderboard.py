@@ -25,6 +25,7 @@ class Row:
     budget_pf: float
     submissions_used: float
     submissions_limit: float
+    exported_bytes: float
     run_id: str
 
     @property
@@ -74,6 +75,7 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
             budget_pf=run.data.metrics.get("budget_compute_pf", math.nan),
             submissions_used=run.data.metrics.get("budget_submissions_used", math.nan),
             submissions_limit=run.data.metrics.get("budget_submissions_limit", math.nan),
+            exported_bytes=run.data.metrics.get("exported_bytes", math.nan),
             run_id=run.info.run_id,
         )
         for run in runs
@@ -83,11 +85,12 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
 def format_leaderboard(rows: list[Row]) -> str:
     """A fixed-width text table shaped like the pilot's."""
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
-              "gain", "Fast recall", "compute (PF)", "budget used (PF)", "submits")
+              "gain", "Fast recall", "compute (PF)", "budget used (PF)", "submits", "sent (kB)")
     lines = [(r.contributor, r.strategy, r.model, f"{r.out_of_the_box:.3f}",
               f"{r.fine_tuned:.3f}", f"{r.gain:+.3f}", f"{r.fast_recall:.3f}",
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
-              f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}") for r in rows]
+              f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
+              f"{r.exported_bytes / 1000:.1f}") for r in rows]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))

@@ -58,6 +58,9 @@ ATTACKS = [
     ("a second out-of-the-box score", "query.holdout_oob", RecordDict({"arrays": _arrays()}),
      "submission-phases"),
     ("select records by index", "train", _train(**{"record-ids": [0, 1, 2]}), "known-config-keys"),
+    ("claim another contributor", "train", _train(contributor="alice"), "known-config-keys"),
+    ("name another submission", "train", _train(**{"submission-id": "someone-elses-run"}),
+     "known-config-keys"),
     ("ask for per-record losses", "train", _train(**{"per-record-loss": True}), "known-config-keys"),
     ("smuggle a records list", "train",
      RecordDict({"arrays": _arrays(), "config": ConfigRecord({"lr": 0.05, "local-epochs": 1,
@@ -153,3 +156,33 @@ def test_the_official_record_holds_both_scores_once(attacked):
     client = MlflowClient(node.tracking_uri)
     for key in ("holdout_oob_macro_f1", "holdout_macro_f1"):
         assert len(client.get_metric_history(submission.submission_id, key)) == 1
+
+
+def test_the_sentinel_appears_in_no_node_log_line(tmp_path, caplog, monkeypatch):
+    """The same attacks straight into the ClientApp, with every log line captured."""
+    import logging
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    cohort = generate_cohort(0)
+    cohort.loc[0, "gene_7"] = SENTINEL
+    cohort.to_parquet(tmp_path / "cohort.parquet", index=False)
+    node = NodeSettings(data_path=str(tmp_path / "cohort.parquet"),
+                        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", state_dir=str(tmp_path / "s"),
+                        device="cpu", policy=WorkspacePolicy(max_array_bytes=1_000_000))
+    submission = Workspace(node, "logs").open_run(Submission(
+        contributor="mallory", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
+        model=ModelSpec("linear"), lr=0.05, batch_size=32, local_epochs=1, num_rounds=2))
+    for name, value in {"task_id": 1, "run_id": 1, "node_id": 0}.items():  # messages need one
+        monkeypatch.setattr(TaskIdentity, f"_{name}", value)
+    app = build_client_app(node)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=submission.to_run_config())
+    caplog.set_level(logging.DEBUG)
+    for _, message_type, content, _ in ATTACKS:
+        try:
+            app(Message(content, 0, message_type), context)
+        except Exception as ex:  # refusals are exceptions here; their text is checked too
+            logging.getLogger("test").info(str(ex))
+    text = caplog.text
+    assert "refused by rule" in text and str(SENTINEL) not in text and "987654" not in text
