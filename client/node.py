@@ -74,6 +74,16 @@ def check_cohort(settings: NodeSettings) -> str:
     return cohort.digest
 
 
+def limit_resources(device: torch.device, cpu_threads: int, gpu_memory_gb: float) -> None:
+    """Hold this node process to the policy's resources: at most ``cpu_threads`` of torch's
+    CPU threads (never more than it already had), and the share of the GPU's memory its
+    allocator may take."""
+    torch.set_num_threads(max(1, min(cpu_threads, torch.get_num_threads())))
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 1e9
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_gb / total), device)
+
+
 class ResidentCohort:
     """The cohort, validated, split and preprocessed once, as tensors on the device.
 
@@ -114,6 +124,8 @@ class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.cohort = ResidentCohort(settings)
+        limit_resources(self.cohort.device, settings.policy.run_cpu_threads,
+                        settings.policy.run_gpu_memory_gb)
         self.meter = FlopMeter(settings.flop_store_path)
         self.ledger = NodeLedger(settings.ledger_path)
         self.secret = node_secret(Path(settings.state_dir) / "secret")
@@ -192,7 +204,10 @@ class Node:
             params={"cohort_digest": self.cohort.digest,
                     "n_train": str(len(self.cohort.y_train)),
                     "n_holdout": str(len(self.cohort.y_holdout)),
-                    "node_device": self.cohort.device.type})
+                    "node_device": self.cohort.device.type,
+                    "node_cpu_threads": str(torch.get_num_threads()),
+                    "node_gpu_memory_gb": str(self.settings.policy.run_gpu_memory_gb
+                                              if self.cohort.device.type == "cuda" else 0)})
         return self._acknowledge()
 
     def score_final(self, content: RecordDict, facts: RunFacts) -> RecordDict:

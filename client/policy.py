@@ -45,6 +45,8 @@ class WorkspacePolicy:
     compute_budget_pf: float = 100.0
     submissions_max: int = 5
     max_parameters: int = 5_000_000
+    run_cpu_threads: int = 2
+    run_gpu_memory_gb: float = 22.49
     dp_enabled: bool = False
     dp_noise_multiplier: float = 1.0
     dp_max_grad_norm: float = 1.0

@@ -290,3 +290,15 @@ def test_preprocessing_statistics_come_from_the_training_split(settings, monkeyp
     x_train = node.cohort.x_train.numpy()[:, :len(numeric)]
     np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
     assert np.abs(node.cohort.x_holdout.numpy()[:, :len(numeric)].mean(axis=0)).max() > 1e-2
+
+
+def test_the_node_holds_torch_to_the_policys_cpu_threads(cohort_parquet, tmp_path, store):
+    from client.policy import WorkspacePolicy
+
+    before = torch.get_num_threads()
+    try:
+        Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=store[0], device="cpu",
+                          state_dir=str(tmp_path / "s"), policy=WorkspacePolicy(run_cpu_threads=1)))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
