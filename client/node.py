@@ -15,7 +15,7 @@ from torch import nn
 
 from client.cohort import load_cohort, split_cohort
 from client.errors import PolicyViolation
-from client.holdout import HoldoutScores, score_predictions
+from client.holdout import HoldoutScores, bootstrap_intervals, score_predictions
 from client.ledger import CLOSED, TRAINING, NodeLedger
 from client.policy import (
     HOLDOUT_METRIC_KEYS,
@@ -200,7 +200,8 @@ class Node:
         usage = self.ledger.open_submission(facts.contributor, facts.submission_id,
                                             self.settings.policy.submissions_max)
         record.write_out_of_the_box(
-            self._score(model), usage=self._usage_metrics(facts, usage.submissions, usage.flops),
+            self._score(model, facts.submission_id),
+            usage=self._usage_metrics(facts, usage.submissions, usage.flops),
             params={"cohort_digest": self.cohort.digest,
                     "n_train": str(len(self.cohort.y_train)),
                     "n_holdout": str(len(self.cohort.y_holdout)),
@@ -219,7 +220,8 @@ class Node:
         rounds = self.ledger.rounds(facts.submission_id)
         usage = self.ledger.usage(facts.contributor)
         record.write_final(
-            self._score(model), rounds=[r for r, loss, _, _ in rounds if loss is not None],
+            self._score(model, facts.submission_id),
+            rounds=[r for r, loss, _, _ in rounds if loss is not None],
             losses=[loss for _, loss, _, _ in rounds if loss is not None],
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
             classes=self.cohort.classes, usage=self._usage_metrics(facts, usage.submissions, usage.flops))
@@ -240,10 +242,14 @@ class Node:
                          privacy_max_grad_norm=policy.dp_max_grad_norm)
         return usage
 
-    def _score(self, model: nn.Module) -> HoldoutScores:
-        """Holdout metrics of ``model``; predictions never leave this method."""
+    def _score(self, model: nn.Module, submission_id: str) -> HoldoutScores:
+        """Holdout metrics of ``model`` with 95% bootstrap intervals; predictions never
+        leave this method."""
+        y_true = self.cohort.y_holdout.cpu().numpy()
         y_pred = predict(model, self.cohort.x_holdout).cpu().numpy()
-        return score_predictions(self.cohort.y_holdout.cpu().numpy(), y_pred, self.cohort.classes)
+        intervals = bootstrap_intervals(y_true, y_pred, len(self.cohort.classes),
+                                        seed=round_seed(self.secret, submission_id, 0))
+        return score_predictions(y_true, y_pred, self.cohort.classes, intervals)
 
     def _acknowledge(self) -> RecordDict:
         """The whole reply to a holdout request: that it was recorded, no score."""

@@ -19,6 +19,7 @@ class Row:
     model: str
     out_of_the_box: float
     fine_tuned: float
+    fine_tuned_ci95: tuple[float, float]
     fast_recall: float
     compute_pf: float
     budget_used_pf: float
@@ -69,6 +70,8 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
             model=run.data.params.get("model", "?"),
             out_of_the_box=run.data.metrics.get("holdout_oob_macro_f1", math.nan),
             fine_tuned=run.data.metrics.get("holdout_macro_f1", math.nan),
+            fine_tuned_ci95=(run.data.metrics.get("holdout_macro_f1_ci95_low", math.nan),
+                             run.data.metrics.get("holdout_macro_f1_ci95_high", math.nan)),
             fast_recall=run.data.metrics.get("holdout_recall_fast", math.nan),
             compute_pf=run.data.metrics.get("compute_pf", math.nan),
             budget_used_pf=run.data.metrics.get("budget_compute_used_pf", math.nan),
@@ -84,10 +87,11 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
 
 def format_leaderboard(rows: list[Row]) -> str:
     """A fixed-width text table shaped like the pilot's."""
-    header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
+    header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning (95% CI)",
               "gain", "Fast recall", "compute (PF)", "budget used (PF)", "submits", "sent (kB)")
     lines = [(r.contributor, r.strategy, r.model, f"{r.out_of_the_box:.3f}",
-              f"{r.fine_tuned:.3f}", f"{r.gain:+.3f}", f"{r.fast_recall:.3f}",
+              f"{r.fine_tuned:.3f} [{r.fine_tuned_ci95[0]:.2f}, {r.fine_tuned_ci95[1]:.2f}]",
+              f"{r.gain:+.3f}", f"{r.fast_recall:.3f}",
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
               f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
               f"{r.exported_bytes / 1000:.1f}") for r in rows]
@@ -95,4 +99,6 @@ def format_leaderboard(rows: list[Row]) -> str:
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     body = [fmt.format(*row) for row in lines] or ["(no finished submissions)"]
-    return "\n".join([fmt.format(*header), rule, *body])
+    note = ("95% CI: bootstrap over the holdout's records, computed on the node; "
+            "scores whose intervals overlap are not shown to differ.")
+    return "\n".join([fmt.format(*header), rule, *body, "", note])
