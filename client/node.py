@@ -160,7 +160,7 @@ class Node:
         """One round: validate, reserve it in the ledger, train, charge it, reply."""
         policy, n_train = self.settings.policy, len(self.cohort.y_train)
         model, shapes = self._load(content, facts, {"arrays", "config"})
-        parsed = parse_train_config(content.get("config"), policy, seed=0)
+        parsed = parse_train_config(content.get("config"), policy)
         if parsed.batch_size > n_train:
             raise PolicyViolation("batch-size-range", "at most the number of training records")
         config = replace(parsed, seed=round_seed(self.secret, facts.submission_id, parsed.server_round))

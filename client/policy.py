@@ -67,8 +67,10 @@ class WorkspacePolicy:
         return int(self.compute_budget_pf * 1e15)
 
 
-def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int) -> TrainConfig:
+def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int = 0) -> TrainConfig:
     """Turn a strategy's train config into a validated ``TrainConfig``.
+
+    ``seed`` is the node's to set (``client.node.round_seed``), never the strategy's.
 
     Raises
     ------

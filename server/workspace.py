@@ -110,7 +110,7 @@ class Workspace:
         check_model(submission.model, policy, width, len(SCHEMA.classes))
         if not 1 <= submission.num_rounds <= policy.rounds_max:
             raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
-        parse_train_config(ConfigRecord(submission.train_config()), policy, submission.seed)
+        parse_train_config(ConfigRecord(submission.train_config()), policy)
 
     def open_run(self, submission: Submission, batch: str = "") -> Submission:
         """Create the submission's MLflow run; return the submission with its id."""
