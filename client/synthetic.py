@@ -1,23 +1,36 @@
-"""A synthetic cohort with the published shape of the foundation's cohort.
+"""A synthetic cohort with the statistical structure of the foundation's cohort.
 
-Used by the demo, by contributors developing locally and by the tests. The
-generative story (see ``docs/synthetic-cohort.md``):
+Used by the demo, by contributors developing locally, by the tests and by the
+quality benchmark. The equations are in ``docs/synthetic-cohort.md``; in short:
 
-- ``K`` latent pathway activities ``z ~ N(0, I)`` per patient;
-- each gene loads on one or two pathways: ``gene_j = sum_k L_jk z_k + eps_j``,
-  with small loadings, so single genes carry little signal and modules a lot;
-- clinical variables have the largest variance; a few track disease severity;
-- signature scores average curated gene sets that only partly overlap the true
-  modules (like public pathway databases);
-- a latent progression score mixes pathway activities, clinical covariates and
-  one pathway x clinical interaction, plus noise; classes are its terciles with
-  the cohort's exact class counts (ordinal: Slow < Medium < Fast).
+- ``K`` latent pathway activities ``z ~ N(0, I)`` per patient drive gene
+  expression through sparse loadings (co-expression modules, genes shared by two
+  pathways, noise), so single genes carry little signal and modules a lot;
+- clinical variables have the highest variance; stage, functional score and
+  treatment history matter, the others do not;
+- signature scores are means of curated gene sets that only partly overlap the
+  true modules (a public pathway database, ``public_gene_sets``);
+- progression is ordinal: a latent score made of pathway activities, clinical
+  covariates and pathway x clinical interactions, cut at fixed thresholds.
+
+Because every observed value is a known function of Gaussian latents, the true
+posterior ``P(class | features)`` is available in closed form (``true_posterior``):
+the Bayes-optimal classifier is the benchmark's ceiling.
+
+The disease (``Disease``: loadings, effects, gene sets, thresholds) is fixed; a
+cohort seed draws patients. ``generate_external_cohort`` draws a contributor's
+own cohort from another site: a shifted population, batch effects and another
+standard of care.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from client.schema import (
     CATEGORICAL_LEVELS,
@@ -31,17 +44,149 @@ from client.schema import (
 
 CLASS_COUNTS: dict[str, int] = {"Slow": 223, "Medium": 202, "Fast": 215}
 N_PATHWAYS = 12
+N_PUBLIC_SETS = 30
+#: Clinical columns with a meaning: stage (1..5), functional score, walk test, treatment lines (0..3).
+STAGE, FUNCTION, WALK, TREATMENT = 0, 1, 2, 3
 
 
-def generate_cohort(seed: int = 0, class_counts: dict[str, int] | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Site:
+    """Where and how a cohort was measured: the population and the lab.
+
+    Attributes
+    ----------
+    severity_shift : float
+        Mean shift of the latent stage (a sicker or milder population).
+    gene_batch_sd : float
+        Per-gene offset of this site's platform (batch effect), in expression units.
+    gene_noise : float
+        Measurement noise of the platform, relative to the pathway signal.
+    treatment_effect : float
+        How much a line of treatment slows progression under this site's standard of care.
+    class_shares : tuple of float, optional
+        Class shares of this site's population (defaults to the disease's).
+    """
+
+    severity_shift: float = 0.0
+    gene_batch_sd: float = 0.0
+    gene_noise: float = 1.0
+    treatment_effect: float = 1.0
+    class_shares: tuple[float, float, float] | None = None
+
+
+FOUNDATION = Site()
+#: The default external site of contributors A and B: sicker patients, another platform,
+#: another standard of care, more Slow patients in the registry.
+EXTERNAL = Site(severity_shift=0.4, gene_batch_sd=0.3, gene_noise=1.3, treatment_effect=0.4,
+                class_shares=(0.45, 0.30, 0.25))
+
+
+@dataclass(frozen=True)
+class Disease:
+    """The fixed structure of the disease, drawn once from ``seed``.
+
+    Attributes
+    ----------
+    loadings : numpy.ndarray
+        Gene x pathway loadings, shape (200, K): expression = offset + scale * (L z + noise).
+    modules : list of numpy.ndarray
+        True member genes of each pathway (never published).
+    public_sets : dict of str to tuple of str
+        The curated gene sets a contributor can download: partial, noisy views of the modules.
+    """
+
+    seed: int
+    loadings: np.ndarray
+    gene_offset: np.ndarray
+    gene_scale: np.ndarray
+    modules: list[np.ndarray]
+    public_sets: dict[str, tuple[str, ...]]
+    main_effects: np.ndarray          # (K,) pathway main effects
+    interactions: np.ndarray          # (K, 3) pathway x (stage, function, treatment)
+    clinical_effects: np.ndarray      # (3,) stage, function, treatment
+    onset_effects: np.ndarray         # (3,) childhood, juvenile, adult
+    noise_sd: float
+    gene_noise: float = 1.0
+    thresholds: tuple[float, float] = field(default=(0.0, 0.0))
+
+
+@lru_cache(maxsize=4)
+def disease(seed: int = 0) -> Disease:
+    """The disease's structure for ``seed`` (seed 0 is the demo's, and fixed)."""
+    rng = np.random.default_rng(seed)
+    n_genes, k = len(GENE_COLUMNS), N_PATHWAYS
+    loadings = np.zeros((n_genes, k))
+    members = rng.permutation(n_genes)[:180]  # 20 genes belong to no pathway
+    primary = np.arange(len(members)) % k
+    loadings[members, primary] = rng.uniform(1.5, 2.5, len(members))
+    shared = members[rng.random(len(members)) < 0.25]  # genes in a second pathway
+    loadings[shared, rng.integers(0, k, len(shared))] += rng.uniform(0.5, 0.9, len(shared))
+    modules = [np.flatnonzero(loadings[:, p] > 0) for p in range(k)]
+
+    main = np.zeros(k)
+    main[:4] = [1.6, 1.25, -1.1, 0.9]
+    interactions = np.zeros((k, 3))
+    interactions[4, 0] = 0.6       # pathway 4 matters only in advanced stages
+    interactions[5, 2] = -0.6      # treatment works only when pathway 5 is active
+    interactions[0, 0] = 0.3       # pathway 0 matters more in advanced stages
+    interactions[6, 1] = -0.4      # pathway 6 x functional score
+    base = Disease(
+        seed=seed, loadings=loadings, gene_offset=rng.uniform(4.0, 10.0, n_genes),
+        gene_scale=rng.uniform(0.35, 0.6, n_genes), modules=modules,
+        public_sets=_public_sets(modules, rng), main_effects=main, interactions=interactions,
+        clinical_effects=np.array([0.5, -0.4, -0.3]), onset_effects=np.array([0.3, 0.0, -0.2]),
+        noise_sd=0.05)
+    return _with_thresholds(base, CLASS_COUNTS)
+
+
+def _public_sets(modules: list[np.ndarray], rng: np.random.Generator) -> dict[str, tuple[str, ...]]:
+    """Curated gene sets: ~60 % of a true module plus unrelated genes; some match no module."""
+    sets = []
+    for s in range(N_PUBLIC_SETS):
+        if s < 2 * N_PATHWAYS:
+            module = modules[s % N_PATHWAYS]
+            kept = rng.choice(module, size=int(round(0.7 * len(module))), replace=False)
+            extra = rng.choice(len(GENE_COLUMNS), size=int(round(0.15 * len(module))), replace=False)
+            genes = np.union1d(kept, extra)
+        else:
+            genes = rng.choice(len(GENE_COLUMNS), size=int(rng.integers(8, 20)), replace=False)
+        sets.append(tuple(GENE_COLUMNS[g] for g in np.sort(genes)))
+    order = rng.permutation(N_PUBLIC_SETS)  # the database's order says nothing about the modules
+    return {f"GS{i:02d}": sets[j] for i, j in enumerate(order)}
+
+
+def _with_thresholds(base: Disease, counts: dict[str, int]) -> Disease:
+    """Cut points of the latent score at the population quantiles of the class shares."""
+    rng = np.random.default_rng(base.seed + 1)
+    latents = _draw_latents(base, FOUNDATION, 400_000, rng)
+    score = _score(base, FOUNDATION, *latents) + base.noise_sd * rng.standard_normal(len(latents[0]))
+    shares = np.array([counts[c] for c in CLASSES], dtype=float)
+    cuts = np.quantile(score, np.cumsum(shares / shares.sum())[:2])
+    return Disease(**{**base.__dict__, "thresholds": (float(cuts[0]), float(cuts[1]))})
+
+
+def public_gene_sets(seed: int = 0) -> dict[str, list[str]]:
+    """The curated gene-set database a contributor may download (gene names per set)."""
+    return {name: list(genes) for name, genes in disease(seed).public_sets.items()}
+
+
+def generate_cohort(seed: int = 0, class_counts: dict[str, int] | None = None,
+                    site: Site = FOUNDATION, disease_seed: int = 0) -> pd.DataFrame:
     """Draw a cohort table with the schema's columns and exact class counts.
+
+    Patients are drawn from the population and kept until each class has its
+    count, so every class keeps its population distribution of features.
 
     Parameters
     ----------
     seed : int
-        Seeds every random draw: the same seed gives the same table.
+        Seeds the patients drawn: the same seed gives the same table.
     class_counts : dict, optional
         Records per class; defaults to the pilot cohort's 223 / 202 / 215.
+    site : Site
+        The population and platform (``FOUNDATION`` by default).
+    disease_seed : int
+        The disease's structure (``disease``); the demo's is 0.
 
     Returns
     -------
@@ -49,82 +194,129 @@ def generate_cohort(seed: int = 0, class_counts: dict[str, int] | None = None) -
         One row per patient: ``patient_id``, 252 features, ``progression``.
     """
     counts = class_counts or CLASS_COUNTS
-    n = sum(counts.values())
+    truth = disease(disease_seed)
     rng = np.random.default_rng(seed)
-    structure = np.random.default_rng(10_000 + seed)  # the "biology" of this cohort
+    batch = site.gene_batch_sd * np.random.default_rng(10_000 + seed).standard_normal(len(GENE_COLUMNS))
+    cuts = _site_thresholds(truth, site)
+    kept: list[pd.DataFrame] = []
+    need = dict(counts)
+    while any(need.values()):
+        frame = _draw_patients(truth, site, cuts, batch, 4 * sum(counts.values()), rng)
+        for name in CLASSES:
+            take = frame[frame[LABEL_COLUMN] == name].iloc[:need[name]]
+            need[name] -= len(take)
+            kept.append(take)
+    table = pd.concat(kept).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    table.insert(0, ID_COLUMN, [f"P{seed:03d}-{i:05d}" for i in range(len(table))])
+    return table
 
+
+def generate_external_cohort(seed: int, n_records: int = 2000, site: Site = EXTERNAL,
+                             disease_seed: int = 0) -> pd.DataFrame:
+    """A contributor's own cohort from another site, with the same schema.
+
+    Class counts follow the site's class shares; see ``Site`` for the shift.
+    """
+    shares = np.array(site.class_shares or [CLASS_COUNTS[c] for c in CLASSES], dtype=float)
+    counts = np.floor(shares / shares.sum() * n_records).astype(int)
+    counts[0] += n_records - counts.sum()
+    return generate_cohort(seed, dict(zip(CLASSES, map(int, counts), strict=True)), site, disease_seed)
+
+
+def _draw_latents(truth: Disease, site: Site, n: int, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pathway activities, raw clinical table, clinical covariates u, onset codes."""
     z = rng.standard_normal((n, N_PATHWAYS))
-    genes, modules = _genes(z, structure, rng)
-    clinical, severity = _clinical(n, rng)
-    signatures = _signatures(genes, modules, structure)
-    sex = rng.choice(CATEGORICAL_LEVELS["sex"], size=n)
+    clinical = rng.standard_normal((n, len(CLINICAL_COLUMNS)))
+    clinical[:, STAGE] = np.clip(np.round(3 + site.severity_shift * 1.2 + 1.2 * clinical[:, STAGE]), 1, 5)
+    clinical[:, FUNCTION] = 30 + 8 * clinical[:, FUNCTION]
+    clinical[:, WALK] = 350 + 90 * clinical[:, WALK]
+    clinical[:, TREATMENT] = rng.integers(0, 4, n)
+    clinical[:, 4] = 35 + 15 * clinical[:, 4]  # age at baseline
+    clinical[:, 5:] *= np.random.default_rng(truth.seed + 2).uniform(2.0, 25.0, len(CLINICAL_COLUMNS) - 5)
+    onset = rng.choice(3, size=n, p=[0.3, 0.4, 0.3])
+    return z, clinical, covariates(clinical), onset
 
-    score = (
-        0.9 * z[:, 0] + 0.7 * z[:, 1] - 0.6 * z[:, 2] + 0.4 * z[:, 3]
-        + 0.8 * severity
-        + 0.6 * z[:, 0] * severity
-        + 0.35 * rng.standard_normal(n)
-    )
-    onset = np.where(score + rng.standard_normal(n) > 1.0, "childhood",
-                     np.where(rng.random(n) < 0.5, "juvenile", "adult"))
-    labels = _classes_by_rank(score, counts)
 
-    table = pd.DataFrame(np.hstack([genes, clinical, signatures]),
+def covariates(clinical: np.ndarray) -> np.ndarray:
+    """The clinical covariates of the progression score in standard units: stage,
+    functional score and treatment lines, shape (n, 3)."""
+    return np.column_stack([(clinical[:, STAGE] - 3) / 1.2, (clinical[:, FUNCTION] - 30) / 8,
+                            (clinical[:, TREATMENT] - 1.5) / 1.1])
+
+
+def _score(truth: Disease, site: Site, z: np.ndarray, clinical: np.ndarray, u: np.ndarray,
+           onset: np.ndarray) -> np.ndarray:
+    """The noise-free progression score of each patient."""
+    del clinical
+    clinical_effects = truth.clinical_effects * np.array([1.0, 1.0, site.treatment_effect])
+    return (z @ truth.main_effects + np.einsum("nk,kj,nj->n", z, truth.interactions, u)
+            + u @ clinical_effects + truth.onset_effects[onset])
+
+
+def _site_thresholds(truth: Disease, site: Site) -> tuple[float, float]:
+    """A site's class cut points: the disease's, or its own population's quantiles."""
+    if site == FOUNDATION:
+        return truth.thresholds
+    rng = np.random.default_rng(truth.seed + 3)
+    latents = _draw_latents(truth, site, 200_000, rng)
+    score = _score(truth, site, *latents) + truth.noise_sd * rng.standard_normal(200_000)
+    shares = np.array(site.class_shares or [CLASS_COUNTS[c] for c in CLASSES], dtype=float)
+    cuts = np.quantile(score, np.cumsum(shares / shares.sum())[:2])
+    return float(cuts[0]), float(cuts[1])
+
+
+def _draw_patients(truth: Disease, site: Site, cuts: tuple[float, float], batch: np.ndarray,
+                   n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """One batch of patients from the site's population, labelled by the cut points."""
+    z, clinical, u, onset = _draw_latents(truth, site, n, rng)
+    noise = truth.gene_noise * site.gene_noise * rng.standard_normal((n, len(GENE_COLUMNS)))
+    genes = truth.gene_offset + batch + truth.gene_scale * (z @ truth.loadings.T + noise)
+    signatures = np.column_stack([genes[:, _gene_index(truth.public_sets[name])].mean(axis=1)
+                                  for name in signature_sets(truth)])
+    score = _score(truth, site, z, clinical, u, onset) + truth.noise_sd * rng.standard_normal(n)
+    frame = pd.DataFrame(np.hstack([genes, clinical, signatures]),
                          columns=[*GENE_COLUMNS, *CLINICAL_COLUMNS, *SIGNATURE_COLUMNS])
-    table.insert(0, ID_COLUMN, [f"P{seed:03d}-{i:04d}" for i in range(n)])
-    table["sex"] = sex
-    table["onset"] = onset
-    table[LABEL_COLUMN] = labels
-    return table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    frame["sex"] = rng.choice(CATEGORICAL_LEVELS["sex"], size=n)
+    frame["onset"] = np.asarray(CATEGORICAL_LEVELS["onset"])[onset]
+    frame[LABEL_COLUMN] = np.asarray(CLASSES)[np.searchsorted(cuts, score)]
+    return frame
 
 
-def _genes(z: np.ndarray, structure: np.random.Generator, rng: np.random.Generator
-           ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Expression of 200 genes driven by pathway modules; returns the true modules."""
-    n_genes = len(GENE_COLUMNS)
-    loadings = np.zeros((n_genes, N_PATHWAYS))
-    primary = np.arange(n_genes) % N_PATHWAYS
-    loadings[np.arange(n_genes), primary] = structure.uniform(0.25, 0.45, n_genes)
-    shared = structure.random(n_genes) < 0.25  # genes in a second pathway
-    second = (primary + structure.integers(1, N_PATHWAYS, n_genes)) % N_PATHWAYS
-    loadings[shared, second[shared]] = structure.uniform(0.15, 0.3, shared.sum())
-    genes = z @ loadings.T + 0.4 * rng.standard_normal((len(z), n_genes))
-    modules = [np.flatnonzero(loadings[:, k]) for k in range(N_PATHWAYS)]
-    return genes, modules
+def signature_sets(truth: Disease) -> list[str]:
+    """The curated sets behind ``signature_0..20``: the database's first 21."""
+    return list(truth.public_sets)[:len(SIGNATURE_COLUMNS)]
 
 
-def _clinical(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Clinical covariates with high variance; returns them and latent severity."""
-    severity = rng.standard_normal(n)
-    clinical = rng.normal(0.0, 1.0, (n, len(CLINICAL_COLUMNS)))
-    clinical[:, 0] = np.clip(np.round(3 + 1.1 * severity + 0.5 * rng.standard_normal(n)), 1, 5)
-    clinical[:, 1] = 60 - 12 * severity + 8 * rng.standard_normal(n)  # functional score
-    clinical[:, 2] = 40 + 5 * severity + 10 * rng.standard_normal(n)  # walk test decline
-    clinical[:, 3] = rng.integers(0, 4, n)                              # treatment lines
-    scales = np.r_[1.0, 1.0, 1.0, 1.0, rng.uniform(2.0, 15.0, len(CLINICAL_COLUMNS) - 4)]
-    clinical[:, 4:] *= scales[4:]
-    return clinical, severity
+def _gene_index(genes: tuple[str, ...]) -> np.ndarray:
+    """Column positions of gene names."""
+    return np.array([int(g.removeprefix("gene_")) for g in genes])
 
 
-def _signatures(genes: np.ndarray, modules: list[np.ndarray],
-                structure: np.random.Generator) -> np.ndarray:
-    """Signature scores: means over curated sets that only partly match true modules."""
-    n_genes = genes.shape[1]
-    scores = np.empty((len(genes), len(SIGNATURE_COLUMNS)))
-    for s in range(len(SIGNATURE_COLUMNS)):
-        module = modules[s % len(modules)]
-        kept = structure.choice(module, size=max(2, int(0.6 * len(module))), replace=False)
-        noise = structure.choice(n_genes, size=max(2, int(0.4 * len(module))), replace=False)
-        scores[:, s] = genes[:, np.union1d(kept, noise)].mean(axis=1)
-    return scores
+def true_posterior(frame: pd.DataFrame, disease_seed: int = 0) -> np.ndarray:
+    """``P(class | features)`` of foundation-site records, from the generator's truth.
 
+    Given the genes, the pathway activities are Gaussian, ``z | g ~ N(mu, S)``;
+    given the clinical covariates ``u`` the score is linear in ``z``, so it is
+    Gaussian too, ``N(w(u) . mu + c(u), w(u)' S w(u) + noise^2)``, and each class's
+    probability is the mass between its cut points.
 
-def _classes_by_rank(score: np.ndarray, counts: dict[str, int]) -> np.ndarray:
-    """Assign ordinal classes by rank of the latent score, with exact counts."""
-    labels = np.empty(len(score), dtype=object)
-    order = np.argsort(score, kind="stable")
-    start = 0
-    for name in CLASSES:
-        labels[order[start:start + counts[name]]] = name
-        start += counts[name]
-    return labels
+    Returns
+    -------
+    numpy.ndarray
+        Shape (n_records, 3), columns in ``CLASSES`` order; rows sum to 1.
+    """
+    truth = disease(disease_seed)
+    genes = frame[list(GENE_COLUMNS)].to_numpy(float)
+    std = (genes - truth.gene_offset) / truth.gene_scale  # = L z + noise
+    load, noise_var = truth.loadings, truth.gene_noise ** 2
+    cov = np.linalg.inv(np.eye(N_PATHWAYS) + load.T @ load / noise_var)
+    mu = std @ load @ cov / noise_var
+    clinical = frame[list(CLINICAL_COLUMNS)].to_numpy(float)
+    u = covariates(clinical)
+    onset = pd.Categorical(frame["onset"], categories=CATEGORICAL_LEVELS["onset"]).codes
+    weights = truth.main_effects + u @ truth.interactions.T  # (n, K)
+    mean = np.einsum("nk,nk->n", weights, mu) + u @ truth.clinical_effects + truth.onset_effects[onset]
+    sd = np.sqrt(np.einsum("nk,kl,nl->n", weights, cov, weights) + truth.noise_sd ** 2)
+    low, high = (norm.cdf((cut - mean) / sd) for cut in truth.thresholds)
+    return np.column_stack([low, high - low, 1.0 - high])

@@ -60,3 +60,78 @@ def test_clinical_columns_vary_more_than_genes(cohort_frame):
 def test_custom_class_counts_are_exact():
     frame = generate_cohort(seed=3, class_counts={"Slow": 10, "Medium": 20, "Fast": 30})
     assert frame["progression"].value_counts().to_dict() == {"Slow": 10, "Medium": 20, "Fast": 30}
+
+
+def test_the_true_posterior_is_a_distribution_and_beats_every_model(cohort_frame):
+    """The Bayes-optimal classifier is the ceiling: on a large draw it beats a model fitted
+    on many more records than the cohort has, and the curated gene sets' view of the genes."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import StandardScaler
+
+    from client.schema import CLASSES
+    from client.synthetic import generate_cohort as draw
+    from client.synthetic import true_posterior
+
+    posterior = true_posterior(cohort_frame)
+    assert posterior.shape == (640, 3)
+    np.testing.assert_allclose(posterior.sum(axis=1), 1.0)
+    assert (posterior >= 0).all()
+
+    def labels(frame):
+        return frame["progression"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+
+    train = draw(seed=11, class_counts={"Slow": 700, "Medium": 630, "Fast": 670})
+    test = draw(seed=12, class_counts={"Slow": 700, "Medium": 630, "Fast": 670})
+    numeric = list(SCHEMA.numeric)
+    scaler = StandardScaler().fit(train[numeric])
+    model = LogisticRegression(C=0.1, max_iter=2000).fit(scaler.transform(train[numeric]), labels(train))
+    fitted = f1_score(labels(test), model.predict(scaler.transform(test[numeric])), average="macro")
+    bayes = f1_score(labels(test), true_posterior(test).argmax(axis=1), average="macro")
+    assert bayes > fitted + 0.05
+    assert bayes > 0.88
+
+
+def test_classes_are_ordinal_in_the_posterior(cohort_frame):
+    """Expected class index under the posterior rises from Slow to Fast records."""
+    import numpy as np
+
+    from client.synthetic import true_posterior
+
+    expected = true_posterior(cohort_frame) @ np.arange(3)
+    by_class = cohort_frame.assign(e=expected).groupby("progression")["e"].mean()
+    assert by_class["Slow"] < by_class["Medium"] < by_class["Fast"]
+
+
+def test_signatures_are_means_of_public_gene_sets(cohort_frame):
+    """Each signature column is the mean of a published curated gene set; the sets only
+    partly overlap the true modules (a noisy prior)."""
+    import numpy as np
+
+    from client.synthetic import disease, public_gene_sets, signature_sets
+
+    sets = public_gene_sets()
+    assert len(sets) == 30 and all(len(genes) >= 2 for genes in sets.values())
+    for column, name in zip(SCHEMA.numeric[229:], signature_sets(disease(0)), strict=True):
+        np.testing.assert_allclose(cohort_frame[column], cohort_frame[sets[name]].mean(axis=1))
+    modules = [set(f"gene_{g}" for g in m) for m in disease(0).modules]
+    best_overlap = [max(len(set(genes) & m) / len(set(genes) | m) for m in modules)
+                    for genes in sets.values()]
+    assert max(best_overlap) < 0.9  # no curated set is a true module
+
+
+def test_external_cohort_has_the_schema_and_a_site_shift(cohort_frame):
+    import numpy as np
+
+    from client.synthetic import EXTERNAL, generate_external_cohort
+
+    external = generate_external_cohort(seed=1, n_records=1000)
+    validate_frame(external)
+    assert len(external) == 1000
+    shares = external["progression"].value_counts(normalize=True)
+    assert abs(shares["Slow"] - EXTERNAL.class_shares[0]) < 0.01
+    genes = list(SCHEMA.numeric[:200])
+    shift = external[genes].mean().to_numpy() - cohort_frame[genes].mean().to_numpy()
+    assert np.abs(shift).mean() > 0.1  # the other site's platform moves the genes
+    assert external["clinical_0"].mean() > cohort_frame["clinical_0"].mean()  # sicker patients
