@@ -4,6 +4,8 @@ A contributor names a model and its hyperparameters; the node builds it. No
 contributor code runs on the node.
 """
 
-from models.registry import MODELS, ModelSpec, build_model
+from models.pipeline import FeaturePipeline, FeatureSpec, FeatureSpecError
+from models.registry import MODELS, ModelSpec, UnknownModelError, build_model
 
-__all__ = ["MODELS", "ModelSpec", "build_model"]
+__all__ = ["MODELS", "FeaturePipeline", "FeatureSpec", "FeatureSpecError", "ModelSpec", "UnknownModelError",
+           "build_model"]

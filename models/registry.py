@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from models.errors import UnknownModelError
 from models.linear import LinearClassifier
 from models.mlp import MLPClassifier
+from models.pathway import PathwayNet
+
+__all__ = ["MODELS", "ModelSpec", "UnknownModelError", "build_model"]
 
 MODELS: dict[str, type[nn.Module]] = {
     "linear": LinearClassifier,
     "mlp": MLPClassifier,
+    "pathway": PathwayNet,
 }
-
-
-class UnknownModelError(ValueError):
-    """The spec names a model that is not in the registry, or bad hyperparameters."""
 
 
 @dataclass(frozen=True)
@@ -43,21 +46,48 @@ class ModelSpec:
         return cls(name=str(name), params=data)
 
 
-def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0) -> nn.Module:
+def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
+                feature_names: Sequence[str] | None = None) -> nn.Module:
     """Build the model a spec names, with weights drawn from ``seed``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model's name and hyperparameters.
+    n_features, n_classes : int
+        Width of the input matrix and number of output logits.
+    seed : int
+        Seed of the initial weights.
+    feature_names : sequence of str, optional
+        Names of the input matrix's columns; passed to models whose constructor
+        takes ``feature_names`` (such as ``pathway``), which need them.
 
     Raises
     ------
     UnknownModelError
-        Unknown name, or hyperparameters the model does not take.
+        Unknown name, hyperparameters the model does not take or that break its
+        rules, or feature names missing or of the wrong length.
     """
     model_cls = MODELS.get(spec.name)
     if model_cls is None:
         raise UnknownModelError(f"unknown model '{spec.name}': choose one of {sorted(MODELS)}")
+    if "feature_names" in spec.params:
+        raise UnknownModelError("'feature_names' is set by the node, not by a model spec")
+    kwargs = dict(spec.params)
+    if "feature_names" in inspect.signature(model_cls.__init__).parameters:
+        if feature_names is None:
+            raise UnknownModelError(f"model '{spec.name}' needs the input's feature names")
+        kwargs["feature_names"] = list(feature_names)
+    if feature_names is not None and len(feature_names) != n_features:
+        raise UnknownModelError(
+            f"n_features is {n_features} but {len(feature_names)} feature names were given"
+        )
     torch.manual_seed(seed)
     try:
-        return model_cls(n_features, n_classes, **spec.params)
+        return model_cls(n_features, n_classes, **kwargs)
     except TypeError:
         raise UnknownModelError(
             f"hyperparameters {sorted(spec.params)} do not fit model '{spec.name}'"
         ) from None
+    except ValueError as ex:
+        raise UnknownModelError(f"model '{spec.name}': {ex}") from None

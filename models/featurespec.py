@@ -1,0 +1,152 @@
+"""What a feature pipeline computes, as declarative data a contributor sends as JSON.
+
+A spec names gene sets, how to score them, which raw column groups to keep and
+which interaction terms to add. It never carries code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from models.errors import FeatureSpecError
+from models.genesets import gene_set_problem
+
+SCORE_KINDS = ("mean", "pc1", "rank")
+RAW_GROUPS = ("gene", "clinical", "signature")
+INTERACTION_LEFTS = ("gene_sets", "signatures")
+MAX_INTERACTIONS = 50
+MAX_JSON_CHARS = 2_000_000
+
+
+def column_group(column: str) -> str | None:
+    """The raw group a numeric column belongs to by its prefix (``gene_3`` -> ``gene``), or None."""
+    prefix = column.split("_", 1)[0]
+    return prefix if prefix in RAW_GROUPS and column != prefix else None
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A feature pipeline, declared.
+
+    Parameters
+    ----------
+    gene_sets : dict of str to tuple of str
+        Set name -> gene column names; each set becomes one score column ``set:NAME``,
+        in the order of the set names (kept sorted, as in the JSON form).
+    gene_set_score : {"mean", "pc1", "rank"}
+        How a set's genes become one score: the mean of its standardised genes, their
+        first principal component, or each record's scaled mean rank of the set's genes.
+    raw : tuple of {"gene", "clinical", "signature"}
+        Raw numeric column groups kept, standardised. Columns in none of these groups
+        are always kept.
+    interactions : tuple of str
+        Numeric columns whose standardised values multiply every left score.
+    interaction_left : {"gene_sets", "signatures"}
+        The left scores: the gene-set scores, or the standardised signature columns.
+
+    Raises
+    ------
+    FeatureSpecError
+        A wrong type, an unknown score kind, group or left side, or a gene set that
+        breaks a limit (see ``models.genesets``).
+    """
+
+    gene_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    gene_set_score: str = "mean"
+    raw: tuple[str, ...] = RAW_GROUPS
+    interactions: tuple[str, ...] = ()
+    interaction_left: str = "signatures"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gene_sets, dict):
+            raise FeatureSpecError("'gene_sets' must be an object of set name -> list of gene names")
+        problem = gene_set_problem(self.gene_sets, None)
+        if problem:
+            raise FeatureSpecError(f"'gene_sets': {problem}")
+        object.__setattr__(self, "gene_sets", {k: tuple(self.gene_sets[k]) for k in sorted(self.gene_sets)})
+        object.__setattr__(self, "raw", _names("raw", self.raw, RAW_GROUPS))
+        object.__setattr__(self, "interactions", _names("interactions", self.interactions, None))
+        _choice("gene_set_score", self.gene_set_score, SCORE_KINDS)
+        _choice("interaction_left", self.interaction_left, INTERACTION_LEFTS)
+        if len(self.interactions) > MAX_INTERACTIONS:
+            raise FeatureSpecError(f"'interactions': at most {MAX_INTERACTIONS} columns")
+        if self.interactions and self.interaction_left == "gene_sets" and not self.gene_sets:
+            raise FeatureSpecError("'interactions' with interaction_left 'gene_sets' need gene sets")
+
+    def validate(self, numeric: Sequence[str]) -> None:
+        """Check the spec against the numeric columns a pipeline will see.
+
+        Parameters
+        ----------
+        numeric : sequence of str
+            Numeric column names; gene columns are those of the ``gene`` group.
+
+        Raises
+        ------
+        FeatureSpecError
+            A gene set names a column that is not a gene column, or an interaction
+            column is not a numeric column, or there are no signatures to interact with.
+        """
+        genes = {c for c in numeric if column_group(c) == "gene"}
+        problem = gene_set_problem(self.gene_sets, genes)
+        if problem:
+            raise FeatureSpecError(f"'gene_sets': {problem}")
+        known = set(numeric)
+        unknown = [c for c in self.interactions if c not in known]
+        if unknown:
+            raise FeatureSpecError(f"'interactions': {len(unknown)} name(s) are not numeric columns, "
+                                   f"e.g. '{unknown[0][:40]}'")
+        if (self.interactions and self.interaction_left == "signatures"
+                and not any(column_group(c) == "signature" for c in numeric)):
+            raise FeatureSpecError("'interactions' with interaction_left 'signatures' need signature columns")
+
+    def to_json(self) -> str:
+        """Serialise as compact JSON with sorted keys."""
+        data = asdict(self)
+        data["gene_sets"] = {k: list(v) for k, v in self.gene_sets.items()}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        """Parse what ``to_json`` wrote; missing keys take their defaults.
+
+        Raises
+        ------
+        FeatureSpecError
+            Not JSON, not an object, an unknown key, or a value of the wrong type.
+        """
+        if not isinstance(text, str) or len(text) > MAX_JSON_CHARS:
+            raise FeatureSpecError(f"a feature spec is a JSON string of at most {MAX_JSON_CHARS} characters")
+        try:
+            data: Any = json.loads(text)
+        except ValueError:
+            raise FeatureSpecError("a feature spec must be valid JSON") from None
+        if not isinstance(data, dict):
+            raise FeatureSpecError("a feature spec is a JSON object")
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(k for k in data if k not in allowed)
+        if unknown:
+            raise FeatureSpecError(f"unknown key '{unknown[0][:40]}'; allowed: {allowed}")
+        return cls(**data)
+
+
+def _names(key: str, value: object, allowed: Sequence[str] | None) -> tuple[str, ...]:
+    """Check a list of distinct strings (from ``allowed`` when given) and return it as a tuple."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise FeatureSpecError(f"'{key}' must be a list of strings")
+    if not all(isinstance(v, str) for v in value):
+        raise FeatureSpecError(f"'{key}' must be a list of strings")
+    if len(set(value)) != len(value):
+        raise FeatureSpecError(f"'{key}' names an entry twice")
+    if allowed is not None and not set(value) <= set(allowed):
+        raise FeatureSpecError(f"'{key}' entries must be among {list(allowed)}")
+    return tuple(value)
+
+
+def _choice(key: str, value: object, allowed: Sequence[str]) -> None:
+    """Check that a value is one of the allowed strings."""
+    if not isinstance(value, str) or value not in allowed:
+        raise FeatureSpecError(f"'{key}' must be one of {list(allowed)}")

@@ -1,0 +1,149 @@
+"""Feature pipelines the node runs from a declarative spec, fitted on one frame only.
+
+A ``FeaturePipeline`` turns a cohort frame into the model's input matrix: raw numeric
+columns standardised, categoricals one-hot against fixed levels, gene-set scores and
+interaction terms as its ``FeatureSpec`` declares. Every statistic comes from the
+frame passed to ``fit``; ``transform`` applies them to any frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from models.errors import FeatureSpecError
+from models.featurespec import FeatureSpec, column_group
+from models.genesets import first_component, rank_scores
+
+__all__ = ["FeaturePipeline", "FeatureSpec", "FeatureSpecError"]
+
+
+class FeaturePipeline:
+    """Standardised raw columns, one-hot categoricals, gene-set scores and interactions.
+
+    Parameters
+    ----------
+    spec : FeatureSpec
+        What to compute.
+    numeric : sequence of str
+        Numeric column names, in the order the raw block keeps them.
+    categorical : mapping of str to sequence of str
+        Categorical column names and their fixed levels; a value outside the levels
+        encodes as all zeros.
+
+    Attributes
+    ----------
+    mean_, scale_ : numpy.ndarray, shape (len(numeric),)
+        Every numeric column's mean and standard deviation (1 where 0) on the fit frame.
+    components_ : dict of str to numpy.ndarray
+        For ``pc1`` scores, each set's first principal component, shape (set_size,).
+    score_mean_, score_scale_ : numpy.ndarray, shape (n_sets,)
+        The gene-set scores' mean and standard deviation on the fit frame.
+    """
+
+    def __init__(self, spec: FeatureSpec, numeric: Sequence[str],
+                 categorical: Mapping[str, Sequence[str]]) -> None:
+        self.spec = spec
+        self.numeric = list(numeric)
+        self.categorical = {k: list(v) for k, v in categorical.items()}
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the columns ``transform`` returns, in order (known before ``fit``)."""
+        self.spec.validate(self.numeric)
+        names = [self.numeric[i] for i in self._raw_index()]
+        names += [f"{column}={level}" for column, levels in self.categorical.items() for level in levels]
+        names += [f"set:{name}" for name in self.spec.gene_sets]
+        names += [f"{left}*{right}" for left in self._left_names() for right in self.spec.interactions]
+        return names
+
+    @property
+    def n_features(self) -> int:
+        """Width of the matrix ``transform`` returns."""
+        return len(self.feature_names)
+
+    def fit(self, frame: pd.DataFrame) -> FeaturePipeline:
+        """Learn every statistic from ``frame`` alone and return ``self``.
+
+        Raises
+        ------
+        FeatureSpecError
+            The spec does not fit the numeric columns.
+        """
+        self.spec.validate(self.numeric)
+        values = frame[self.numeric].to_numpy(dtype=np.float64)
+        self.mean_ = values.mean(axis=0)
+        self.scale_ = _nonzero(values.std(axis=0))
+        standardised = (values - self.mean_) / self.scale_
+        self.components_: dict[str, np.ndarray] = {}
+        if self.spec.gene_set_score == "pc1":
+            for name, index in zip(self.spec.gene_sets, self._set_index(), strict=True):
+                self.components_[name] = first_component(standardised[:, index])
+        scores = self._raw_scores(values, standardised)
+        self.score_mean_ = scores.mean(axis=0)
+        self.score_scale_ = _nonzero(scores.std(axis=0))
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Return the float32 feature matrix, shape (len(frame), n_features)."""
+        values = frame[self.numeric].to_numpy(dtype=np.float64)
+        standardised = (values - self.mean_) / self.scale_
+        blocks = [standardised[:, self._raw_index()]]
+        for column, levels in self.categorical.items():
+            codes = pd.Categorical(frame[column], categories=levels).codes
+            blocks.append(np.vstack([np.eye(len(levels)), np.zeros(len(levels))])[codes])
+        scores = (self._raw_scores(values, standardised) - self.score_mean_) / self.score_scale_
+        blocks.append(scores)
+        if self.spec.interactions:
+            by_sets = self.spec.interaction_left == "gene_sets"
+            left = scores if by_sets else standardised[:, self._signatures()]
+            right = standardised[:, self._column_index(self.spec.interactions)]
+            blocks.append((left[:, :, None] * right[:, None, :]).reshape(len(frame), -1))
+        return np.hstack(blocks).astype(np.float32)
+
+    def _raw_scores(self, values: np.ndarray, standardised: np.ndarray) -> np.ndarray:
+        """Unstandardised gene-set scores, shape (n_records, n_sets)."""
+        members = self._set_index()
+        kind = self.spec.gene_set_score
+        if kind == "rank":
+            genes = [i for i, c in enumerate(self.numeric) if column_group(c) == "gene"]
+            position = {column: i for i, column in enumerate(genes)}
+            return rank_scores(values[:, genes], [np.array([position[i] for i in m]) for m in members])
+        if kind == "pc1":
+            names = list(self.spec.gene_sets)
+            columns = [standardised[:, m] @ self.components_[n] for n, m in zip(names, members, strict=True)]
+        else:
+            columns = [standardised[:, m].mean(axis=1) for m in members]
+        return np.column_stack(columns) if columns else np.empty((len(values), 0))
+
+    def _raw_index(self) -> list[int]:
+        """Indices of the numeric columns the raw block keeps."""
+        return [i for i, c in enumerate(self.numeric) if column_group(c) in (*self.spec.raw, None)]
+
+    def _signatures(self) -> list[int]:
+        """Indices of the signature columns, the default left scores of interactions."""
+        return [i for i, c in enumerate(self.numeric) if column_group(c) == "signature"]
+
+    def _column_index(self, columns: Sequence[str]) -> list[int]:
+        """Indices of named numeric columns."""
+        position = {c: i for i, c in enumerate(self.numeric)}
+        return [position[c] for c in columns]
+
+    def _set_index(self) -> list[list[int]]:
+        """For each gene set, the indices of its genes among the numeric columns."""
+        return [self._column_index(genes) for genes in self.spec.gene_sets.values()]
+
+    def _left_names(self) -> list[str]:
+        """Names of the left scores of the interaction terms."""
+        if not self.spec.interactions:
+            return []
+        if self.spec.interaction_left == "gene_sets":
+            return list(self.spec.gene_sets)
+        return [self.numeric[i] for i in self._signatures()]
+
+
+def _nonzero(scale: np.ndarray) -> np.ndarray:
+    """Replace zero standard deviations by 1."""
+    return np.where(scale > 0, scale, 1.0)

@@ -1,0 +1,234 @@
+"""Feature pipelines: the default is StandardFeatures, statistics come from the fit frame
+only, gene-set scores and interactions are what they say, and bad specs are refused by rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from client.schema import SCHEMA
+from models.features import StandardFeatures
+from models.genesets import rank_scores
+from models.pipeline import FeaturePipeline, FeatureSpec, FeatureSpecError
+
+GENES = [f"gene_{i}" for i in range(12)]
+CLINICAL = [f"clinical_{i}" for i in range(3)]
+SIGNATURES = [f"signature_{i}" for i in range(2)]
+NUMERIC = GENES + CLINICAL + SIGNATURES
+LEVELS = {"sex": ("female", "male"), "onset": ("childhood", "juvenile", "adult")}
+SETS = {"up": ("gene_0", "gene_1", "gene_2", "gene_3"), "down": ("gene_4", "gene_5", "gene_6")}
+
+
+def frame(seed: int, n: int = 40) -> pd.DataFrame:
+    """A small synthetic cohort with correlated genes, shifted and scaled numeric columns."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 1))
+    values = rng.normal(size=(n, len(NUMERIC))) + latent * np.r_[np.ones(7), np.zeros(len(NUMERIC) - 7)]
+    data = pd.DataFrame(values * 2.5 + 4.0, columns=NUMERIC)
+    for column, levels in LEVELS.items():
+        data[column] = rng.choice(levels, n)
+    return data
+
+
+def pipeline(**spec) -> FeaturePipeline:
+    return FeaturePipeline(FeatureSpec(**spec), NUMERIC, LEVELS)
+
+
+SPECS = {
+    "mean": {"gene_sets": SETS, "interactions": ("clinical_0",)},
+    "pc1": {"gene_sets": SETS, "gene_set_score": "pc1", "interactions": ("clinical_1",),
+            "interaction_left": "gene_sets"},
+    "rank": {"gene_sets": SETS, "gene_set_score": "rank", "raw": ("clinical",),
+             "interactions": ("clinical_0",), "interaction_left": "gene_sets"},
+}
+
+
+# --- the default pipeline ---------------------------------------------------------------------
+
+
+def test_default_spec_is_standard_features_on_the_cohort(cohort_frame):
+    fit, other = cohort_frame.iloc[:400], cohort_frame.iloc[400:]
+    default = FeaturePipeline(FeatureSpec(), SCHEMA.numeric, SCHEMA.categorical).fit(fit)
+    standard = StandardFeatures(SCHEMA.numeric, SCHEMA.categorical).fit(fit)
+    np.testing.assert_array_equal(default.transform(other), standard.transform(other))
+    assert default.n_features == standard.n_features == 255
+    assert default.feature_names[:2] == ["gene_0", "gene_1"]
+    assert default.feature_names[-5:] == ["sex=female", "sex=male", "onset=childhood", "onset=juvenile",
+                                          "onset=adult"]
+
+
+def test_default_spec_standardises_numeric_then_one_hot():
+    fit, other = frame(0), frame(1)
+    values = fit[NUMERIC].to_numpy()
+    expected = (other[NUMERIC].to_numpy() - values.mean(axis=0)) / values.std(axis=0)
+    one_hot = [(other[c] == level).to_numpy() for c, levels in LEVELS.items() for level in levels]
+    expected = np.column_stack([expected, *one_hot]).astype(np.float32)
+    np.testing.assert_array_equal(pipeline().fit(fit).transform(other), expected)
+
+
+def test_one_hot_levels_are_fixed_not_learned():
+    fit = frame(0)
+    fit["sex"] = "female"
+    x = pipeline().fit(fit).transform(frame(1))
+    assert x[:, len(NUMERIC) + 1].sum() > 0  # "sex=male" exists though the fit frame had none
+
+
+# --- statistics come from the fit frame only ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SPECS)
+def test_transform_depends_on_the_fit_frame_and_never_on_the_frame_it_transforms(kind):
+    a, b = frame(0), frame(1)
+    fitted = pipeline(**SPECS[kind]).fit(a)
+    before = fitted.transform(a)
+    other_b = fitted.transform(b)
+    fitted.transform(frame(2))
+    np.testing.assert_array_equal(fitted.transform(a), before)
+    np.testing.assert_array_equal(pipeline(**SPECS[kind]).fit(a).transform(b), other_b)
+    changed = pipeline(**SPECS[kind]).fit(frame(3)).transform(b)
+    assert not np.allclose(changed, other_b)
+    assert before.shape == (len(a), fitted.n_features) and before.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", SPECS)
+def test_a_records_features_do_not_depend_on_the_other_records_transformed(kind):
+    fitted = pipeline(**SPECS[kind]).fit(frame(0))
+    b = frame(1)
+    alone = fitted.transform(b.iloc[[5]])
+    with_others = fitted.transform(pd.concat([frame(2).iloc[:7], b.iloc[[5]]]))[-1:]
+    np.testing.assert_array_equal(alone, with_others)
+
+
+def test_gene_set_scores_are_standardised_on_the_fit_frame():
+    a = frame(0)
+    fitted = pipeline(**SPECS["pc1"]).fit(a)
+    scores = fitted.transform(a)[:, fitted.feature_names.index("set:down")]
+    np.testing.assert_allclose([scores.mean(), scores.std()], [0.0, 1.0], atol=1e-5)
+
+
+def test_pc1_components_are_learned_from_the_fit_frame_and_signed_by_the_mean():
+    a = frame(0)
+    first = pipeline(**SPECS["pc1"]).fit(a)
+    again = pipeline(**SPECS["pc1"]).fit(a.copy())
+    other = pipeline(**SPECS["pc1"]).fit(frame(4))
+    for name in SETS:
+        np.testing.assert_array_equal(first.components_[name], again.components_[name])
+        assert not np.allclose(first.components_[name], other.components_[name])
+        assert np.linalg.norm(first.components_[name]) == pytest.approx(1.0)
+    x = first.transform(a)
+    mean = pipeline(gene_sets=SETS).fit(a).transform(a)
+    for name in SETS:
+        column = first.feature_names.index(f"set:{name}")
+        assert np.corrcoef(x[:, column], mean[:, column])[0, 1] > 0.5
+
+
+# --- rank scores and interactions --------------------------------------------------------------
+
+
+def test_rank_score_of_a_record_depends_on_that_record_only():
+    genes = np.random.default_rng(0).normal(size=(6, 10))
+    members = [np.array([0, 3, 4]), np.array([1, 2])]
+    scores = rank_scores(genes, members)
+    changed = genes.copy()
+    changed[1:] = np.random.default_rng(1).normal(size=(5, 10))
+    np.testing.assert_array_equal(rank_scores(changed, members)[0], scores[0])
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_rank_score_is_one_for_a_records_highest_genes_and_zero_for_its_lowest():
+    genes = np.array([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    scores = rank_scores(genes, [np.array([0, 1])])
+    np.testing.assert_array_equal(scores[:, 0], [1.0, 0.0])
+
+
+@pytest.mark.parametrize("kind", SPECS)
+def test_interaction_columns_are_products_of_the_standardised_scores(kind):
+    spec = SPECS[kind]
+    fitted = pipeline(**spec).fit(frame(0))
+    names = fitted.feature_names
+    raw = pipeline().fit(frame(0)).transform(frame(1))
+    x = fitted.transform(frame(1))
+    right = spec["interactions"][0]
+    lefts = list(SETS) if spec.get("interaction_left") == "gene_sets" else SIGNATURES
+    assert [n for n in names if "*" in n] == [f"{left}*{right}" for left in sorted(lefts)]
+    for left in lefts:
+        score = x[:, names.index(f"set:{left}")] if left in SETS else raw[:, NUMERIC.index(left)]
+        product = score.astype(np.float64) * raw[:, NUMERIC.index(right)]
+        np.testing.assert_allclose(x[:, names.index(f"{left}*{right}")], product, rtol=1e-5, atol=1e-6)
+
+
+def test_raw_groups_select_the_numeric_columns_kept():
+    names = pipeline(raw=("clinical",)).feature_names
+    assert names[:3] == CLINICAL and not any(n.startswith(("gene_", "signature_")) for n in names)
+    assert pipeline(raw=()).n_features == 5
+
+
+# --- the spec as JSON, and bad specs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SPECS)
+def test_json_round_trip_is_compact_with_sorted_keys(kind):
+    spec = FeatureSpec(**SPECS[kind])
+    text = spec.to_json()
+    assert FeatureSpec.from_json(text) == spec
+    assert " " not in text and list(json.loads(text)) == sorted(json.loads(text))
+    assert FeatureSpec.from_json("{}") == FeatureSpec()
+
+
+def test_set_order_does_not_change_the_features():
+    reversed_sets = dict(reversed(list(SETS.items())))
+    assert pipeline(gene_sets=reversed_sets).feature_names == pipeline(gene_sets=SETS).feature_names
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('{"gene_sets": {"s": ["gene_0"]}}', "'s' must hold 2 to 200"),
+    ('{"gene_set_score": "median"}', "'gene_set_score' must be one of"),
+    ('{"raw": ["proteins"]}', "'raw' entries must be among"),
+    ('{"interaction_left": "genes"}', "'interaction_left' must be one of"),
+    ('{"colour": 1}', "unknown key 'colour'"),
+    ('{"raw": "gene"}', "'raw' must be a list of strings"),
+    ('{"interactions": [1]}', "'interactions' must be a list of strings"),
+    ('{"gene_sets": ["gene_0", "gene_1"]}', "'gene_sets' must be an object"),
+    ('{"gene_sets": {"s": "gene_0,gene_1"}}', "'s' must be a list of gene column names"),
+    ('{"gene_sets": {"s": ["gene_0", "gene_0"]}}', "names a gene twice"),
+    ('{"gene_sets": {"a*b": ["gene_0", "gene_1"]}}', "names are 1-64"),
+    ('{"interactions": ["clinical_0"], "interaction_left": "gene_sets"}', "need gene sets"),
+    ("[1, 2]", "a feature spec is a JSON object"),
+    ("{not json", "valid JSON"),
+])
+def test_bad_json_specs_are_refused_naming_the_key_and_rule(text, match):
+    with pytest.raises(FeatureSpecError, match=match):
+        FeatureSpec.from_json(text)
+
+
+def test_too_many_sets_are_refused():
+    sets = {f"s{i}": ("gene_0", "gene_1") for i in range(201)}
+    with pytest.raises(FeatureSpecError, match="at most 200 gene sets"):
+        FeatureSpec(gene_sets=sets)
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ({"gene_sets": {"s": ("gene_0", "gene_99")}}, "'s' names 1 unknown gene column"),
+    ({"gene_sets": {"s": ("gene_0", "clinical_0")}}, "'s' names 1 unknown gene column"),
+    ({"interactions": ("clinical_9",)}, "'interactions': 1 name"),
+    ({"interactions": ("sex",)}, "not numeric columns"),
+])
+def test_specs_naming_unknown_columns_are_refused_before_fitting(spec, match):
+    with pytest.raises(FeatureSpecError, match=match):
+        pipeline(**spec).fit(frame(0))
+    with pytest.raises(FeatureSpecError, match=match):
+        _ = pipeline(**spec).n_features
+
+
+def test_errors_never_echo_long_values():
+    long_name = "x" * 5000
+    for text in (json.dumps({long_name: 1}), json.dumps({"gene_sets": {"s": ["gene_0", long_name]}})):
+        try:
+            FeaturePipeline(FeatureSpec.from_json(text), NUMERIC, LEVELS).fit(frame(0))
+        except FeatureSpecError as error:
+            assert len(str(error)) < 200
+        else:
+            pytest.fail("a bad spec was accepted")
