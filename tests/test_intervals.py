@@ -1,8 +1,9 @@
 """Bootstrap intervals of holdout scores, on tiny cases with known answers."""
 
 import numpy as np
+import pytest
 
-from client.holdout import bootstrap_intervals, score_predictions
+from client.holdout import bootstrap_intervals, paired_bootstrap, score_predictions
 
 CLASSES = ("Slow", "Medium", "Fast")
 
@@ -43,3 +44,69 @@ def test_scores_carry_intervals_under_class_names():
     scores = score_predictions(y, y, CLASSES, bootstrap_intervals(y, y, 3, seed=0))
     metrics = scores.as_metrics("holdout")
     assert metrics["holdout_macro_f1_ci95_low"] == 1.0 and "holdout_recall_fast_ci95_high" in metrics
+
+
+def _noisy(y: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Predictions equal to y except a random class on about ``share`` of records."""
+    return np.where(rng.random(len(y)) < share, rng.integers(0, 3, len(y)), y)
+
+
+def test_identical_predictions_differ_by_exactly_nothing():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 128)
+    y_pred = _noisy(y, 0.4, rng)
+    paired = paired_bootstrap(y, y_pred, y_pred.copy(), 3, seed=0)
+    assert (paired.difference, paired.low, paired.high) == (0.0, 0.0, 0.0)
+    assert paired.within_noise
+
+
+def test_a_perfect_model_beats_a_half_noisy_one_beyond_noise():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 128)
+    y_noisy = _noisy(y, 0.5, rng)
+    paired = paired_bootstrap(y, y, y_noisy, 3, seed=0)
+    expected = 1.0 - score_predictions(y, y_noisy, CLASSES).macro_f1
+    assert paired.difference == pytest.approx(expected)
+    assert 0 < paired.low <= paired.difference <= paired.high and not paired.within_noise
+
+
+def test_swapping_the_models_negates_the_difference_and_its_interval():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 128)
+    a, b = _noisy(y, 0.3, rng), _noisy(y, 0.4, rng)
+    ab, ba = paired_bootstrap(y, a, b, 3, seed=5), paired_bootstrap(y, b, a, 3, seed=5)
+    assert ba.difference == -ab.difference
+    assert (ba.low, ba.high) == pytest.approx((-ab.high, -ab.low))
+    assert ab.within_noise == ba.within_noise
+
+
+def test_pairing_narrows_the_interval_when_the_models_mostly_agree():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 128)
+    a = _noisy(y, 0.4, rng)
+    b = a.copy()
+    changed = rng.choice(128, 6, replace=False)
+    b[changed] = (b[changed] + 1) % 3
+    paired = paired_bootstrap(y, a, b, 3, seed=0)
+    low_a, high_a = bootstrap_intervals(y, a, 3, seed=0)["macro_f1"]
+    low_b, high_b = bootstrap_intervals(y, b, 3, seed=1)["macro_f1"]
+    unpaired_width = (high_a - low_b) - (low_a - high_b)  # widest difference the two intervals allow
+    assert paired.high - paired.low < unpaired_width / 3
+    assert paired.high - paired.low < 0.6 * min(high_a - low_a, high_b - low_b)
+
+
+def test_paired_resamples_score_both_models_on_the_same_records():
+    """With one resample, the difference equals sklearn's on the drawn records."""
+    rng = np.random.default_rng(4)
+    y, a, b = rng.integers(0, 3, 50), rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    paired = paired_bootstrap(y, a, b, 3, seed=2, resamples=1)
+    picks = np.random.default_rng(2).integers(0, 50, size=(1, 50))[0]
+    expected = (score_predictions(y[picks], a[picks], CLASSES).macro_f1
+                - score_predictions(y[picks], b[picks], CLASSES).macro_f1)
+    assert paired.low == pytest.approx(expected) and paired.high == pytest.approx(expected)
+
+
+def test_predictions_of_another_length_are_refused():
+    y = np.zeros(10, dtype=int)
+    with pytest.raises(ValueError, match="one class index per holdout record"):
+        paired_bootstrap(y, y, y[:9], 3, seed=0)
