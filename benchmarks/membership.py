@@ -35,7 +35,8 @@ def attack_auc(model: torch.nn.Module, cohort: ResidentCohort) -> float:
     """AUC of telling training records from holdout records by their loss."""
     model.eval()
     losses = [torch.nn.functional.cross_entropy(model(x), y, reduction="none")
-              for x, y in ((cohort.x_train, cohort.y_train), (cohort.x_holdout, cohort.y_holdout))]
+              for x, y in ((cohort.standard.x_train, cohort.y_train),
+                           (cohort.standard.x_holdout, cohort.y_holdout))]
     members = [1] * len(losses[0]) + [0] * len(losses[1])
     return float(roc_auc_score(members, -torch.cat(losses).numpy()))
 
@@ -43,17 +44,17 @@ def attack_auc(model: torch.nn.Module, cohort: ResidentCohort) -> float:
 def run_arm(cohort: ResidentCohort, seed: int, rounds: int, hidden: int,
             privacy: PrivacyPolicy | None) -> dict[str, float]:
     """Train for ``rounds`` rounds of one epoch; return F1, attack AUC and epsilon."""
-    model = build_model(ModelSpec("mlp", {"hidden": [hidden]}), cohort.n_features, 3, seed)
+    model = build_model(ModelSpec("mlp", {"hidden": [hidden]}), cohort.standard.pipeline.n_features, 3, seed)
     meter, history = FlopMeter(), []
     for server_round in range(1, rounds + 1):
         config = TrainConfig(lr=0.1, local_epochs=1, batch_size=32, server_round=server_round,
                              seed=seed * 10_000 + server_round)
         if privacy:
-            train_local_dp(model, cohort.x_train, cohort.y_train, config, meter, privacy)
+            train_local_dp(model, cohort.standard.x_train, cohort.y_train, config, meter, privacy)
             history.append(round_entry(len(cohort.y_train), config, privacy))
         else:
-            train_local(model, cohort.x_train, cohort.y_train, config, meter)
-    scores = score_predictions(cohort.y_holdout.numpy(), predict(model, cohort.x_holdout).numpy(),
+            train_local(model, cohort.standard.x_train, cohort.y_train, config, meter)
+    scores = score_predictions(cohort.y_holdout.numpy(), predict(model, cohort.standard.x_holdout).numpy(),
                                cohort.classes)
     return {"f1": scores.macro_f1, "auc": attack_auc(model, cohort),
             "epsilon": epsilon(history, privacy.delta) if privacy else float("inf")}

@@ -51,11 +51,12 @@ def federated(node: NodeSettings, submission: Submission) -> dict[str, float | l
 def local(node: NodeSettings, submission: Submission) -> list[float]:
     """Seconds per round of the same training in a plain loop."""
     cohort = ResidentCohort(node)
-    model = build_model(submission.model, cohort.n_features, len(cohort.classes), submission.seed)
+    model = build_model(submission.model, cohort.standard.pipeline.n_features, len(cohort.classes),
+                        submission.seed)
     meter, times = FlopMeter(), []
     for server_round in range(1, submission.num_rounds + 1):
         started = time.perf_counter()
-        train_local(model, cohort.x_train, cohort.y_train,
+        train_local(model, cohort.standard.x_train, cohort.y_train,
                     TrainConfig(lr=submission.lr, local_epochs=submission.local_epochs,
                                 batch_size=submission.batch_size, server_round=server_round), meter)
         times.append(time.perf_counter() - started)

@@ -1,6 +1,6 @@
 """The node's persistent ledger (SQLite, one file in the node's state directory).
 
-Three tables, each written in its own transaction:
+Four tables, each written in its own transaction:
 
 - ``submissions``: one row per run a contributor opened on this node, with the
   run's phase (new, scored-oob, training, closed): phases survive a restarted
@@ -10,7 +10,10 @@ Three tables, each written in its own transaction:
   and its DP-SGD accounting entry when the workspace uses differential privacy;
 - ``exports``: every reply the node sent -- run, contributor, message type,
   record keys, array shapes, bytes -- so the foundation can show its ethics
-  board exactly what left the node and for whom.
+  board exactly what left the node and for whom;
+- ``holdout_predictions``: each closed run's holdout predictions, kept on the node
+  (they never leave it) so that later runs can be compared with it record by record
+  (a paired bootstrap).
 
 ``BEGIN IMMEDIATE`` takes SQLite's write lock before reading, so processes
 that check a limit and then write (two submissions at once) cannot both pass.
@@ -26,6 +29,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PhaseViolation, PolicyViolation
@@ -46,6 +50,8 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS exports (
     at REAL NOT NULL, contributor TEXT NOT NULL, run_id TEXT NOT NULL,
     message_type TEXT NOT NULL, keys TEXT NOT NULL, shapes TEXT NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS holdout_predictions (
+    run_id TEXT PRIMARY KEY, holdout TEXT NOT NULL, predictions BLOB NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -234,6 +240,19 @@ class NodeLedger:
             db.execute("INSERT INTO exports VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (time.time(), contributor, run_id, message_type, json.dumps(keys),
                         json.dumps(shapes), size))
+
+    def keep_predictions(self, run_id: str, holdout: str, predictions: np.ndarray) -> None:
+        """Keep a closed run's holdout predictions (class indices) under the holdout's key."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO holdout_predictions VALUES (?, ?, ?, ?)",
+                       (run_id, holdout, predictions.astype(np.int8).tobytes(), time.time()))
+
+    def earlier_predictions(self, holdout: str, run_id: str) -> dict[str, np.ndarray]:
+        """Predictions of the other runs kept for the same holdout, oldest first."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            rows = db.execute("SELECT run_id, predictions FROM holdout_predictions WHERE holdout = ? "
+                              "AND run_id != ? ORDER BY at", (holdout, run_id)).fetchall()
+        return {other: np.frombuffer(blob, dtype=np.int8).astype(np.int64) for other, blob in rows}
 
     def export_totals(self, run_id: str) -> tuple[int, int]:
         """Replies sent and their bytes, for one run."""

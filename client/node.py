@@ -5,17 +5,26 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+import pandas as pd
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
 from client.cohort import load_cohort, split_cohort
 from client.errors import PolicyViolation
-from client.holdout import HoldoutScores, bootstrap_intervals, score_predictions
+from client.holdout import (
+    HoldoutScores,
+    PairedDifference,
+    bootstrap_intervals,
+    paired_bootstrap,
+    score_predictions,
+)
+from client.importance import Importance, column_groups, permutation_importance, single_feature_groups
 from client.ledger import CLOSED, TRAINING, NodeLedger
 from client.policy import (
     HOLDOUT_METRIC_KEYS,
@@ -24,15 +33,17 @@ from client.policy import (
     check_content_keys,
     check_model,
     check_reply,
+    feature_pipeline,
     parse_train_config,
 )
 from client.privacy import round_entry, train_local_dp
 from client.record import OfficialRecord
 from client.runfacts import RunFacts
+from client.schema import SCHEMA
 from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
 from models import build_model
-from models.features import StandardFeatures
+from models.pipeline import FeaturePipeline, FeatureSpec
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,29 +95,60 @@ def limit_resources(device: torch.device, cpu_threads: int, gpu_memory_gb: float
         torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_memory_gb / total), device)
 
 
-class ResidentCohort:
-    """The cohort, validated, split and preprocessed once, as tensors on the device.
+@dataclass(frozen=True)
+class FeatureView:
+    """The cohort as one feature pipeline sees it: the fitted pipeline and its tensors."""
 
-    Preprocessing statistics come from the training split only.
+    pipeline: FeaturePipeline
+    x_train: torch.Tensor
+    x_holdout: torch.Tensor
+
+
+class ResidentCohort:
+    """The cohort, validated and split once; its features, as tensors on the device.
+
+    Each feature spec's pipeline is fitted on the training split only, once per
+    process, and its matrices stay on the device (the last few specs are kept).
     """
+
+    kept_views = 4
 
     def __init__(self, settings: NodeSettings) -> None:
         cohort = load_cohort(settings.data_path)
         split = split_cohort(cohort, settings.holdout_size, settings.split_seed)
-        features = StandardFeatures(cohort.schema.numeric, cohort.schema.categorical)
-        features.fit(cohort.frame.iloc[split.train])
         self.device = resolve_device(settings.device)
+        self.schema = cohort.schema
         self.classes = cohort.schema.classes
         self.digest = cohort.digest
-        self.n_features = features.n_features
+        #: Identifies this holdout: the same file, size and split seed give the same records.
+        self.holdout_key = f"{cohort.digest}:{settings.holdout_size}:{settings.split_seed}"
+        self.train_frame = cohort.frame.iloc[split.train].reset_index(drop=True)
+        self.holdout_frame = cohort.frame.iloc[split.holdout].reset_index(drop=True)
+        self.y_train = torch.from_numpy(cohort.labels[split.train]).to(self.device)
+        self.y_holdout = torch.from_numpy(cohort.labels[split.holdout]).to(self.device)
+        self._views: dict[str, FeatureView] = {}
+        self.standard = self.view(FeatureSpec())
 
-        def tensors(rows):  # -> tuple[Tensor, Tensor]
-            x = torch.from_numpy(features.transform(cohort.frame.iloc[rows]))
-            y = torch.from_numpy(cohort.labels[rows])
-            return x.to(self.device), y.to(self.device)
+    def view(self, spec: FeatureSpec) -> FeatureView:
+        """The features ``spec`` asks for, fitted on the training split (cached).
 
-        self.x_train, self.y_train = tensors(split.train)
-        self.x_holdout, self.y_holdout = tensors(split.holdout)
+        Raises
+        ------
+        PolicyViolation
+            ``feature-spec``: the spec names columns this cohort does not have.
+        """
+        key = spec.to_json()
+        if key not in self._views:
+            pipeline = feature_pipeline(spec, self.schema).fit(self.train_frame)
+            if len(self._views) >= self.kept_views:
+                self._views.pop(next(k for k in self._views if k != FeatureSpec().to_json()))
+            self._views[key] = FeatureView(pipeline, self.tensor(pipeline, self.train_frame),
+                                           self.tensor(pipeline, self.holdout_frame))
+        return self._views[key]
+
+    def tensor(self, pipeline: FeaturePipeline, frame: pd.DataFrame) -> torch.Tensor:
+        """``frame`` through a fitted pipeline, on the device."""
+        return torch.from_numpy(pipeline.transform(frame)).to(self.device)
 
 
 class Node:
@@ -120,6 +162,8 @@ class Node:
     """
 
     _instances: ClassVar[dict[NodeSettings, Node]] = {}
+    #: Permutations per feature or group in the holdout's permutation importance.
+    importance_repeats: ClassVar[int] = 5
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
@@ -138,28 +182,31 @@ class Node:
             node = cls._instances[settings] = cls(settings)
         return node
 
-    def build(self, facts: RunFacts) -> tuple[nn.Module, dict[str, tuple[int, ...]]]:
-        """The run's model on the device, and the array shapes it accepts and returns."""
-        n_classes = len(self.cohort.classes)
-        check_model(facts.model, self.settings.policy, self.cohort.n_features, n_classes)
-        model = build_model(facts.model, self.cohort.n_features, n_classes, facts.seed)
+    def build(self, facts: RunFacts) -> tuple[nn.Module, dict[str, tuple[int, ...]], FeatureView]:
+        """The run's model on the device, the array shapes it accepts and returns, and the
+        features it reads."""
+        n_classes, view = len(self.cohort.classes), self.cohort.view(facts.features)
+        inputs = view.pipeline.feature_names
+        check_model(facts.model, self.settings.policy, inputs, n_classes)
+        model = build_model(facts.model, len(inputs), n_classes, facts.seed, feature_names=inputs)
         model = model.to(self.cohort.device)
-        return model, {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return model, {k: tuple(v.shape) for k, v in model.state_dict().items()}, view
 
     def _load(self, content: RecordDict, facts: RunFacts, allowed: set[str]
-              ) -> tuple[nn.Module, dict[str, tuple[int, ...]]]:
-        """Validate incoming arrays and load them into a fresh model; return it and its shapes."""
+              ) -> tuple[nn.Module, dict[str, tuple[int, ...]], FeatureView]:
+        """Validate incoming arrays and load them into a fresh model; return it, its shapes
+        and its features."""
         check_content_keys(content, allowed, "message-records")
-        model, shapes = self.build(facts)
+        model, shapes, view = self.build(facts)
         check_arrays(content.get("arrays"), shapes, self.settings.policy)
         state = content["arrays"].to_torch_state_dict()
         model.load_state_dict({k: v.to(self.cohort.device, torch.float32) for k, v in state.items()})
-        return model, shapes
+        return model, shapes, view
 
     def train(self, content: RecordDict, facts: RunFacts) -> RecordDict:
         """One round: validate, reserve it in the ledger, train, charge it, reply."""
         policy, n_train = self.settings.policy, len(self.cohort.y_train)
-        model, shapes = self._load(content, facts, {"arrays", "config"})
+        model, shapes, view = self._load(content, facts, {"arrays", "config"})
         parsed = parse_train_config(content.get("config"), policy)
         if parsed.batch_size > n_train:
             raise PolicyViolation("batch-size-range", "at most the number of training records")
@@ -175,7 +222,7 @@ class Node:
             (round_entry(n_train, config, privacy), privacy.delta, privacy.epsilon_budget)
             if privacy else None)
         flops_before, started, result = self.meter.total, time.perf_counter(), None
-        x, y = self.cohort.x_train, self.cohort.y_train
+        x, y = view.x_train, self.cohort.y_train
         try:
             result = (train_local_dp(model, x, y, config, self.meter, privacy) if privacy
                       else train_local(model, x, y, config, self.meter))
@@ -196,11 +243,11 @@ class Node:
     def score_out_of_the_box(self, content: RecordDict, facts: RunFacts) -> RecordDict:
         """Claim the run's out-of-the-box moment, score the submitted model, record it."""
         record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
-        model = self._load(content, facts, {"arrays"})[0]
+        model, _, view = self._load(content, facts, {"arrays"})
         usage = self.ledger.open_submission(facts.contributor, facts.submission_id,
                                             self.settings.policy.submissions_max)
         record.write_out_of_the_box(
-            self._score(model, facts.submission_id),
+            self._score(self._predict_holdout(model, view), facts.submission_id),
             usage=self._usage_metrics(facts, usage.submissions, usage.flops),
             params={"cohort_digest": self.cohort.digest,
                     "n_train": str(len(self.cohort.y_train)),
@@ -215,12 +262,15 @@ class Node:
         """Close the run, then score the fine-tuned model and write it with the training
         curve and the compute used. Closing first: a run is never scored twice."""
         record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
-        model = self._load(content, facts, {"arrays"})[0]
+        model, _, view = self._load(content, facts, {"arrays"})
         self.ledger.advance(facts.submission_id, (TRAINING,), CLOSED, "final holdout")
         rounds = self.ledger.rounds(facts.submission_id)
         usage = self.ledger.usage(facts.contributor)
+        predictions = self._predict_holdout(model, view)
+        record.write_importance(self._importance(model, view, facts), self._importance_groups(facts))
+        record.write_comparisons(self._compare(predictions, facts.submission_id))
         record.write_final(
-            self._score(model, facts.submission_id),
+            self._score(predictions, facts.submission_id),
             rounds=[r for r, loss, _, _ in rounds if loss is not None],
             losses=[loss for _, loss, _, _ in rounds if loss is not None],
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
@@ -242,14 +292,49 @@ class Node:
                          privacy_max_grad_norm=policy.dp_max_grad_norm)
         return usage
 
-    def _score(self, model: nn.Module, submission_id: str) -> HoldoutScores:
-        """Holdout metrics of ``model`` with 95% bootstrap intervals; predictions never
-        leave this method."""
+    def _predict_holdout(self, model: nn.Module, view: FeatureView) -> np.ndarray:
+        """Class indices the model predicts for the holdout records; they never leave the node."""
+        return predict(model, view.x_holdout).cpu().numpy()
+
+    def _score(self, y_pred: np.ndarray, submission_id: str) -> HoldoutScores:
+        """Holdout metrics of predictions, with 95% bootstrap intervals."""
         y_true = self.cohort.y_holdout.cpu().numpy()
-        y_pred = predict(model, self.cohort.x_holdout).cpu().numpy()
         intervals = bootstrap_intervals(y_true, y_pred, len(self.cohort.classes),
                                         seed=round_seed(self.secret, submission_id, 0))
         return score_predictions(y_true, y_pred, self.cohort.classes, intervals)
+
+    def _importance(self, model: nn.Module, view: FeatureView, facts: RunFacts) -> dict[str, Importance]:
+        """Permutation importance on the holdout, per feature and per group of features:
+        the drop in macro-F1 when the group's values are shuffled across records."""
+        y_true = self.cohort.y_holdout.cpu().numpy()
+
+        def macro_f1(frame: pd.DataFrame) -> float:
+            y_pred = predict(model, self.cohort.tensor(view.pipeline, frame)).cpu().numpy()
+            return score_predictions(y_true, y_pred, self.cohort.classes).macro_f1
+
+        frame = self.cohort.holdout_frame
+        groups = {**self._importance_groups(facts), **single_feature_groups(list(frame.columns))}
+        return permutation_importance(macro_f1, frame, groups,
+                                      seed=round_seed(self.secret, facts.submission_id, -1),
+                                      repeats=self.importance_repeats)
+
+    @staticmethod
+    def _importance_groups(facts: RunFacts) -> dict[str, list[str]]:
+        """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets."""
+        given = {**facts.features.gene_sets, **facts.model.params.get("gene_sets", {})}
+        genes = set(SCHEMA.numeric) & {c for c in SCHEMA.numeric if c.startswith("gene_")}
+        gene_sets = {name: list(members) for name, members in given.items() if set(members) <= genes}
+        return column_groups(list(SCHEMA.feature_columns), gene_sets)
+
+    def _compare(self, predictions: np.ndarray, submission_id: str) -> dict[str, PairedDifference]:
+        """Keep this run's holdout predictions on the node; compare them, record by record,
+        with every earlier run's on the same holdout (paired bootstrap of macro-F1)."""
+        y_true = self.cohort.y_holdout.cpu().numpy()
+        earlier = self.ledger.earlier_predictions(self.cohort.holdout_key, submission_id)
+        self.ledger.keep_predictions(submission_id, self.cohort.holdout_key, predictions)
+        seed = round_seed(self.secret, submission_id, -2)
+        return {other: paired_bootstrap(y_true, predictions, theirs, len(self.cohort.classes), seed)
+                for other, theirs in earlier.items()}
 
     def _acknowledge(self) -> RecordDict:
         """The whole reply to a holdout request: that it was recorded, no score."""

@@ -17,8 +17,10 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PolicyViolation, ReplyRefused
 from client.privacy import PrivacyPolicy
+from client.schema import SCHEMA, CohortSchema
 from client.training import TrainConfig
 from models import ModelSpec, build_model
+from models.pipeline import FeaturePipeline, FeatureSpec, FeatureSpecError
 from models.registry import UnknownModelError
 
 #: Config keys a strategy may send with a train message (``server-round`` is Flower's).
@@ -33,7 +35,7 @@ HOLDOUT_METRIC_KEYS = frozenset({"recorded"})
 class WorkspacePolicy:
     """Limits the foundation sets for every run on its node (``conf/workspace``)."""
 
-    allowed_models: tuple[str, ...] = ("linear", "mlp")
+    allowed_models: tuple[str, ...] = ("linear", "mlp", "pathway")
     lr_min: float = 1e-5
     lr_max: float = 1.0
     local_epochs_max: int = 5
@@ -97,9 +99,29 @@ def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int 
                        server_round=server_round, seed=seed)
 
 
-def check_model(spec: ModelSpec, policy: WorkspacePolicy, n_features: int, n_classes: int) -> None:
+def feature_pipeline(spec: FeatureSpec, schema: CohortSchema = SCHEMA) -> FeaturePipeline:
+    """The (unfitted) pipeline a feature spec asks for, checked against the cohort's columns.
+
+    Raises
+    ------
+    PolicyViolation
+        ``feature-spec``: the spec names columns the cohort does not have.
+    """
+    try:
+        spec.validate(schema.numeric)
+    except FeatureSpecError as ex:
+        raise PolicyViolation("feature-spec", str(ex)) from None
+    return FeaturePipeline(spec, schema.numeric, schema.categorical)
+
+
+def check_model(spec: ModelSpec, policy: WorkspacePolicy, inputs: list[str], n_classes: int) -> None:
     """Refuse a model outside the policy before building it: its name, then its size,
     counted on the ``meta`` device (no memory, no data).
+
+    Parameters
+    ----------
+    inputs : list of str
+        Names of the model's input columns (the feature pipeline's output).
 
     Raises
     ------
@@ -110,7 +132,8 @@ def check_model(spec: ModelSpec, policy: WorkspacePolicy, n_features: int, n_cla
         raise PolicyViolation("allowed-models", f"models allowed: {list(policy.allowed_models)}")
     try:
         with torch.device("meta"):
-            size = sum(p.numel() for p in build_model(spec, n_features, n_classes).parameters())
+            model = build_model(spec, len(inputs), n_classes, feature_names=inputs)
+            size = sum(p.numel() for p in model.parameters())
     except (UnknownModelError, ValueError, TypeError, RuntimeError):
         raise PolicyViolation("model-spec", f"hyperparameters do not fit model '{spec.name}'") from None
     if size > policy.max_parameters:

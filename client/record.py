@@ -6,14 +6,19 @@ back through Flower. No cohort rows, no dataset logging.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from client.errors import NodeError
-from client.holdout import HoldoutScores
+from client.holdout import HoldoutScores, PairedDifference
+from client.importance import Importance, importance_figure, importance_table
+
+#: Tag prefix of a paired comparison with another run (``paired.<run id>``).
+TAG_PAIRED = "paired."
 
 
 class OfficialRecord:
@@ -58,6 +63,21 @@ class OfficialRecord:
         self._client.log_figure(self.run_id, _confusion_figure(scores, classes),
                                 "holdout_confusion_matrix.png")
 
+    def write_importance(self, importances: dict[str, Importance], groups: Iterable[str]) -> None:
+        """Record permutation importance on the holdout: a table and a figure of every feature
+        and group, and one metric per group (``importance_<group>``)."""
+        table = importance_table(importances)
+        self._client.log_table(self.run_id, table, "holdout_importance.json")
+        self._client.log_figure(self.run_id, importance_figure(table), "holdout_importance.png")
+        self._log({f"importance_{_metric_name(g)}": importances[g].mean for g in groups})
+
+    def write_comparisons(self, comparisons: dict[str, PairedDifference]) -> None:
+        """Record this run's paired comparisons with earlier runs on the same holdout, as tags
+        ``paired.<run id>`` = ``difference low high`` (macro-F1, this run minus the other)."""
+        for other, paired in comparisons.items():
+            self._client.set_tag(self.run_id, f"{TAG_PAIRED}{other}",
+                                 f"{paired.difference:.4f} {paired.low:.4f} {paired.high:.4f}")
+
     def _log(self, metrics: dict[str, float], params: dict[str, str] | None = None,
              series: dict[str, list[tuple[int, float]]] | None = None) -> None:
         """One batched write: scalar metrics, step-indexed series, params."""
@@ -72,6 +92,11 @@ class OfficialRecord:
             metrics=entries,
             params=[Param(k, str(v)) for k, v in (params or {}).items()],
         )
+
+
+def _metric_name(group: str) -> str:
+    """``set:GS01`` -> ``set_GS01``: MLflow metric names hold letters, digits and ``_-./``."""
+    return re.sub(r"[^\w./-]", "_", group)
 
 
 def _confusion_figure(scores: HoldoutScores, classes: Sequence[str]):  # -> Figure

@@ -8,6 +8,7 @@ from flwr.app.user_config import UserConfig
 
 from client.errors import PolicyViolation
 from models import ModelSpec
+from models.pipeline import FeatureSpec, FeatureSpecError
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class RunFacts:
         submission in the node's ledger.
     num_rounds : int
         The training rounds the workspace granted the run.
+    features : FeatureSpec
+        The feature pipeline the node runs for this model (default: standardised raw columns).
     """
 
     contributor: str
@@ -30,6 +33,7 @@ class RunFacts:
     model: ModelSpec
     seed: int
     num_rounds: int
+    features: FeatureSpec = FeatureSpec()
 
     @classmethod
     def from_run_config(cls, run_config: UserConfig) -> RunFacts:
@@ -47,7 +51,10 @@ class RunFacts:
                 model=ModelSpec.from_json(str(run_config["model"])),
                 seed=int(run_config["seed"]),
                 num_rounds=int(run_config["num-rounds"]),
+                features=FeatureSpec.from_json(str(run_config.get("features") or "{}")),
             )
+        except FeatureSpecError as ex:
+            raise PolicyViolation("feature-spec", str(ex)) from None
         except (KeyError, ValueError, TypeError) as ex:
             raise PolicyViolation("run-config", f"the run config is incomplete ({type(ex).__name__})"
                                   ) from None

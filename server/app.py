@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 
 from client.schema import SCHEMA
 from models import build_model
-from models.features import StandardFeatures
+from models.pipeline import FeaturePipeline
 from server.errors import SubmissionFailed
 from server.refusals import RefusalRecordingGrid, reason
 from server.submission import Submission
@@ -122,8 +122,9 @@ def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:
 
 def initial_arrays(submission: Submission) -> ArrayRecord:
     """The submitted model's starting weights: the package's, or drawn from the seed."""
-    width = StandardFeatures(SCHEMA.numeric, SCHEMA.categorical).n_features
-    model = build_model(submission.model, width, len(SCHEMA.classes), submission.seed)
+    inputs = FeaturePipeline(submission.features, SCHEMA.numeric, SCHEMA.categorical).feature_names
+    model = build_model(submission.model, len(inputs), len(SCHEMA.classes), submission.seed,
+                        feature_names=inputs)
     if not submission.initial_weights:
         return ArrayRecord(model.state_dict())
     with np.load(io.BytesIO(base64.b64decode(submission.initial_weights)), allow_pickle=False) as npz:

@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app.user_config import UserConfig
 
 from models import ModelSpec
+from models.pipeline import FeatureSpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Submission:
         A contributor's own strategy module as text (``_target_`` ``contributor.Name``).
     initial_weights : str
         Base64 of an ``.npz`` of starting weights; empty: drawn from ``seed``.
+    features : FeatureSpec
+        The feature pipeline the node runs for the model (priors such as gene sets included).
     """
 
     contributor: str
@@ -41,6 +44,7 @@ class Submission:
     submission_id: str = ""
     strategy_source: str = ""
     initial_weights: str = ""
+    features: FeatureSpec = FeatureSpec()
 
     @property
     def strategy_name(self) -> str:
@@ -65,6 +69,7 @@ class Submission:
             "seed": int(self.seed),
             "strategy-source": self.strategy_source,
             "initial-weights": self.initial_weights,
+            "features": self.features.to_json(),
         }
 
     @classmethod
@@ -82,7 +87,13 @@ class Submission:
             submission_id=str(run_config["submission-id"]),
             strategy_source=str(run_config.get("strategy-source", "")),
             initial_weights=str(run_config.get("initial-weights", "")),
+            features=FeatureSpec.from_json(str(run_config.get("features") or "{}")),
         )
+
+    def declaration(self) -> dict[str, Any]:
+        """The submission's declarative methodology in full: strategy, model, features."""
+        return {"strategy": self.strategy, "model": json.loads(self.model.to_json()),
+                "features": json.loads(self.features.to_json())}
 
     def params(self) -> dict[str, str]:
         """What the MLflow run records about the submission."""
@@ -91,13 +102,20 @@ class Submission:
             "contributor": self.contributor, "strategy": self.strategy_name,
             "strategy_class": str(self.strategy["_target_"]),
             "strategy_args": json.dumps(strategy_args, sort_keys=True),
-            "model": self.model.name, "model_spec": self.model.to_json(),
+            "model": self.model.name, "model_spec": _short(self.model.to_json()),
+            "features": _short(self.features.to_json()),
             "lr": str(self.lr), "batch_size": str(self.batch_size),
             "local_epochs": str(self.local_epochs), "num_rounds": str(self.num_rounds),
             "seed": str(self.seed),
             "strategy_source_sha256": _digest(self.strategy_source),
             "initial_weights_sha256": _digest(self.initial_weights),
         }
+
+
+def _short(text: str, limit: int = 500) -> str:
+    """A param value: the text, or its digest when it is long (gene-set priors are; the
+    whole submission is the run's ``submission.json`` artifact)."""
+    return text if len(text) <= limit else f"sha256:{_digest(text)}"
 
 
 def _digest(text: str) -> str:

@@ -23,10 +23,9 @@ from pathlib import Path
 from flwr.app import ConfigRecord
 
 from client.errors import PolicyViolation
-from client.policy import check_model, parse_train_config
+from client.policy import check_model, feature_pipeline, parse_train_config
 from client.schema import SCHEMA
 from client.settings import NodeSettings
-from models.features import StandardFeatures
 from server.app import Progress
 from server.submission import Submission
 
@@ -106,8 +105,8 @@ class Workspace:
             Naming the rule; the node enforces the same rules again on every message.
         """
         policy = self.node.policy
-        width = StandardFeatures(SCHEMA.numeric, SCHEMA.categorical).n_features
-        check_model(submission.model, policy, width, len(SCHEMA.classes))
+        inputs = feature_pipeline(submission.features).feature_names
+        check_model(submission.model, policy, inputs, len(SCHEMA.classes))
         if not 1 <= submission.num_rounds <= policy.rounds_max:
             raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
         parse_train_config(ConfigRecord(submission.train_config()), policy)
@@ -119,6 +118,7 @@ class Workspace:
             tags={TAG_CONTRIBUTOR: submission.contributor, TAG_BATCH: batch})
         for key, value in {**submission.params(), "code_version": code_version()}.items():
             self.client.log_param(run.info.run_id, key, value)
+        self.client.log_dict(run.info.run_id, submission.declaration(), "submission.json")
         return replace(submission, submission_id=run.info.run_id)
 
     def close_run(self, submission: Submission, error: str) -> Outcome:

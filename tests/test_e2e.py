@@ -4,9 +4,11 @@ Runs the real ``cohortfl`` command in a subprocess (its own Ray, its own
 MLflow SQLite store in a temporary directory), then reads the store back.
 """
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from client.holdout import score_predictions
 from client.node import ResidentCohort, round_seed
+from client.schema import SCHEMA
 from client.settings import NodeSettings
 from client.training import FlopMeter, TrainConfig, predict, train_local
 from models import ModelSpec, build_model
@@ -62,11 +65,19 @@ def test_the_run_holds_params_scores_series_compute_and_figure(finished_run):
 
 
 def test_no_cohort_rows_reach_mlflow(finished_run):
-    uri, run, _, _ = finished_run
+    uri, run, tmp, _ = finished_run
     client = MlflowClient(uri)
     assert not run.inputs.dataset_inputs  # no dataset logging
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"holdout_confusion_matrix.png"}
+    assert artifacts == {"holdout_confusion_matrix.png", "holdout_importance.png",
+                         "holdout_importance.json", "submission.json"}
+    # importance is one aggregate row per feature or group, never per record
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "holdout_importance.json",
+                                                      str(tmp))).read_text())
+    assert table["columns"] == ["feature", "mean", "sd"]
+    features = {row[0] for row in table["data"]}
+    assert {"genes", "clinical", "signatures", "sex", "onset", "gene_0", "clinical_28"} <= features
+    assert len(table["data"]) == len(SCHEMA.feature_columns) + 3  # + genes, clinical, signatures
 
 
 def test_leaderboard_command_reads_the_store(finished_run):
@@ -89,14 +100,14 @@ def test_federated_with_one_node_matches_central_training(finished_run):
     uri, run, tmp, _ = finished_run
     node = ResidentCohort(NodeSettings(data_path=str(tmp / "cohort.parquet"), tracking_uri=uri,
                                        state_dir=str(tmp / "node-state"), device="cpu"))
-    model = build_model(ModelSpec("linear"), node.n_features, 3, seed=0)
+    model = build_model(ModelSpec("linear"), node.standard.pipeline.n_features, 3, seed=0)
     meter, secret = FlopMeter(), (tmp / "node-state" / "secret").read_bytes()
     for server_round in range(1, ROUNDS + 1):  # the node's batches, from its own secret
         seed = round_seed(secret, run.info.run_id, server_round)
-        train_local(model, node.x_train, node.y_train,
+        train_local(model, node.standard.x_train, node.y_train,
                     TrainConfig(lr=LR, local_epochs=1, batch_size=32, server_round=server_round,
                                 seed=seed), meter)
-    central = score_predictions(node.y_holdout.numpy(), predict(model, node.x_holdout).numpy(),
+    central = score_predictions(node.y_holdout.numpy(), predict(model, node.standard.x_holdout).numpy(),
                                 node.classes)
     assert np.isclose(central.macro_f1, run.data.metrics["holdout_macro_f1"], atol=1e-9)
     assert meter.total == run.data.metrics["compute_flops"]

@@ -152,6 +152,6 @@ def test_a_package_runs_end_to_end_with_its_own_strategy_and_weights(tmp_path):
                                          tracking_uri="unused", state_dir=str(tmp_path / "s"),
                                          device="cpu"))
     model = build_model(ModelSpec("linear"), 255, 3, seed=42)
-    expected = score_predictions(cohort.y_holdout.numpy(), predict(model, cohort.x_holdout).numpy(),
+    expected = score_predictions(cohort.y_holdout.numpy(), predict(model, cohort.standard.x_holdout).numpy(),
                                  cohort.classes)
     assert run.data.metrics["holdout_oob_macro_f1"] == pytest.approx(expected.macro_f1)

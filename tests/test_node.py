@@ -11,7 +11,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from mlflow.tracking import MlflowClient
 
-import client.node
 from client.cohort import load_cohort, split_cohort
 from client.errors import NodeError, PhaseViolation, PolicyViolation
 from client.holdout import score_predictions
@@ -23,7 +22,7 @@ from client.schema import SCHEMA
 from client.settings import NodeSettings
 from client.training import predict
 from models import ModelSpec
-from models.features import StandardFeatures
+from models.pipeline import FeaturePipeline, FeatureSpec
 
 HIDDEN = 16
 SPEC = ModelSpec("mlp", {"hidden": [HIDDEN]})
@@ -84,7 +83,7 @@ def _plain(reply: RecordDict) -> dict:
 def _score(node: Node, facts: RunFacts, arrays: ArrayRecord):
     model = node.build(facts)[0]
     model.load_state_dict(arrays.to_torch_state_dict())
-    y_pred = predict(model, node.cohort.x_holdout).numpy()
+    y_pred = predict(model, node.cohort.standard.x_holdout).numpy()
     return score_predictions(node.cohort.y_holdout.numpy(), y_pred, SCHEMA.classes)
 
 
@@ -263,33 +262,32 @@ def test_oob_for_an_unknown_submission_is_refused(node, facts):
 # --- preprocessing --------------------------------------------------------------------
 
 
-def test_preprocessing_statistics_come_from_the_training_split(settings, monkeypatch, cohort_parquet):
-    fitted: list[StandardFeatures] = []
-
-    class Recording(StandardFeatures):
-        def fit(self, frame):
-            fitted.append(self)
-            return super().fit(frame)
-
-    monkeypatch.setattr(client.node, "StandardFeatures", Recording)
+@pytest.mark.parametrize("score", ["mean", "pc1"])
+def test_preprocessing_statistics_come_from_the_training_split(settings, cohort_parquet, score):
     node = Node(settings)
-    assert len(fitted) == 1
-    features = fitted[0]
-
     cohort = load_cohort(cohort_parquet)
     split = split_cohort(cohort, settings.holdout_size, settings.split_seed)
+    spec = FeatureSpec(gene_sets={"a": ("gene_1", "gene_2", "gene_3"), "b": ("gene_4", "gene_5")},
+                       gene_set_score=score, interactions=("clinical_0",))
+    view = node.cohort.view(spec)
+
     numeric = list(SCHEMA.numeric)
     train_mean = cohort.frame.iloc[split.train][numeric].to_numpy().mean(axis=0)
     all_mean = cohort.frame[numeric].to_numpy().mean(axis=0)
-    np.testing.assert_allclose(features.mean_, train_mean, rtol=1e-10, atol=1e-12)
-    assert np.abs(features.mean_ - all_mean).max() > 1e-3
+    np.testing.assert_allclose(view.pipeline.mean_, train_mean, rtol=1e-10, atol=1e-12)
+    assert np.abs(view.pipeline.mean_ - all_mean).max() > 1e-3
+    on_train = FeaturePipeline(spec, SCHEMA.numeric, SCHEMA.categorical).fit(cohort.frame.iloc[split.train])
+    np.testing.assert_allclose(view.pipeline.score_mean_, on_train.score_mean_)
+    for name, component in getattr(on_train, "components_", {}).items():
+        np.testing.assert_allclose(view.pipeline.components_[name], component)
 
-    # The node's tensors are those rows, standardised by those statistics.
+    # The node's tensors are those rows, through the pipeline fitted on the training rows:
+    # centred on the training split, not on the holdout.
     np.testing.assert_array_equal(node.cohort.y_train.numpy(), cohort.labels[split.train])
     np.testing.assert_array_equal(node.cohort.y_holdout.numpy(), cohort.labels[split.holdout])
-    x_train = node.cohort.x_train.numpy()[:, :len(numeric)]
-    np.testing.assert_allclose(x_train.mean(axis=0), 0.0, atol=1e-5)
-    assert np.abs(node.cohort.x_holdout.numpy()[:, :len(numeric)].mean(axis=0)).max() > 1e-2
+    np.testing.assert_allclose(view.x_train.numpy()[:, :len(numeric)].mean(axis=0), 0.0, atol=1e-5)
+    assert np.abs(view.x_holdout.numpy()[:, :len(numeric)].mean(axis=0)).max() > 1e-2
+    assert view.x_train.shape[1] == len(view.pipeline.feature_names) == 255 + 2 + 21
 
 
 def test_the_node_holds_torch_to_the_policys_cpu_threads(cohort_parquet, tmp_path, store):
