@@ -21,6 +21,7 @@ from client.holdout import (
     HoldoutScores,
     PairedDifference,
     bootstrap_intervals,
+    macro_f1,
     paired_bootstrap,
     score_predictions,
 )
@@ -308,13 +309,13 @@ class Node:
         the drop in macro-F1 when the group's values are shuffled across records."""
         y_true = self.cohort.y_holdout.cpu().numpy()
 
-        def macro_f1(frame: pd.DataFrame) -> float:
+        def score(frame: pd.DataFrame) -> float:
             y_pred = predict(model, self.cohort.tensor(view.pipeline, frame)).cpu().numpy()
-            return score_predictions(y_true, y_pred, self.cohort.classes).macro_f1
+            return macro_f1(y_true, y_pred, len(self.cohort.classes))
 
         frame = self.cohort.holdout_frame
         groups = {**self._importance_groups(facts), **single_feature_groups(list(frame.columns))}
-        return permutation_importance(macro_f1, frame, groups,
+        return permutation_importance(score, frame, groups,
                                       seed=round_seed(self.secret, facts.submission_id, -1),
                                       repeats=self.importance_repeats)
 

@@ -77,8 +77,8 @@ class Site:
 FOUNDATION = Site()
 #: The default external site of contributors A and B: sicker patients, another platform,
 #: another standard of care, more Slow patients in the registry.
-EXTERNAL = Site(severity_shift=0.4, gene_batch_sd=0.3, gene_noise=1.3, treatment_effect=0.4,
-                class_shares=(0.45, 0.30, 0.25))
+EXTERNAL = Site(severity_shift=0.5, gene_batch_sd=0.3, gene_noise=1.5, treatment_effect=0.0,
+                class_shares=(0.47, 0.30, 0.23))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from client.settings import CONF_DIR, NodeSettings, policy_from_mapping
 from models import ModelSpec
+from models.pipeline import FeatureSpec
+from server.pretraining import Pretraining, cached_pretrained
 from server.submission import Submission
+
+# ``${json_file:path}`` reads a contributor's prior (e.g. gene sets) when a config names it;
+# ``${conf_dir:}`` is this project's conf/ folder.
+for _name, _resolver in (("json_file", lambda path: json.loads(Path(path).read_text())),
+                         ("conf_dir", lambda: str(CONF_DIR))):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -20,12 +30,22 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 
 def submission_from_config(cfg: DictConfig) -> Submission:
-    """The submission a composed config describes."""
+    """The submission a composed config describes; with ``pretrain.enabled``, its initial
+    weights are pretrained on the contributor's external cohort (cached in ``output_dir``)."""
+    model = ModelSpec(name=str(cfg.model.name), params=OmegaConf.to_container(cfg.model.params,
+                                                                              resolve=True))
+    features = FeatureSpec(**OmegaConf.to_container(cfg.features, resolve=True))
+    pretrain = OmegaConf.to_container(cfg.pretrain, resolve=True)
+    initial_weights = ""
+    if pretrain.pop("enabled"):
+        initial_weights = cached_pretrained(model, features, Pretraining(**pretrain), int(cfg.seed),
+                                            output_dir(cfg) / "pretrained")
     return Submission(
         contributor=str(cfg.contributor),
         strategy=OmegaConf.to_container(cfg.strategy, resolve=True),
-        model=ModelSpec(name=str(cfg.model.name),
-                        params=OmegaConf.to_container(cfg.model.params, resolve=True)),
+        model=model,
+        features=features,
+        initial_weights=initial_weights,
         lr=float(cfg.lr),
         batch_size=int(cfg.batch_size),
         local_epochs=int(cfg.workspace.local_epochs),

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from client.record import TAG_PAIRED
 from server.errors import LeaderboardError
 from server.workspace import TAG_BATCH, TAG_CONTRIBUTOR
 
@@ -28,6 +29,18 @@ class Row:
     submissions_limit: float
     exported_bytes: float
     run_id: str
+    paired: dict[str, tuple[float, float, float]]
+    top_group: str
+
+    def versus(self, other: Row) -> tuple[float, float, float] | None:
+        """The node's paired bootstrap of this run's macro-F1 minus ``other``'s on the same
+        holdout records: (difference, low, high), or None if the node made none."""
+        if other.run_id in self.paired:
+            return self.paired[other.run_id]
+        if self.run_id in other.paired:
+            difference, low, high = other.paired[self.run_id]
+            return -difference, -high, -low
+        return None
 
     @property
     def gain(self) -> float:
@@ -80,25 +93,45 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
             submissions_limit=run.data.metrics.get("budget_submissions_limit", math.nan),
             exported_bytes=run.data.metrics.get("exported_bytes", math.nan),
             run_id=run.info.run_id,
+            paired={key.removeprefix(TAG_PAIRED): tuple(map(float, value.split()))
+                    for key, value in run.data.tags.items() if key.startswith(TAG_PAIRED)},
+            top_group=_top_group(run.data.metrics),
         )
         for run in runs
     ]
 
 
+def _top_group(metrics: dict[str, float]) -> str:
+    """The feature group whose permutation costs the most macro-F1 (``importance_<group>``)."""
+    groups = {k.removeprefix("importance_"): v for k, v in metrics.items() if k.startswith("importance_")}
+    return max(groups, key=groups.get) if groups else "-"
+
+
+def _versus_next(rows: list[Row], i: int) -> str:
+    """Row ``i`` against the row below it: the paired difference, and whether it is noise."""
+    paired = rows[i].versus(rows[i + 1]) if i + 1 < len(rows) else None
+    if paired is None:
+        return "-"
+    difference, low, high = paired
+    return f"{difference:+.3f} [{low:+.2f}, {high:+.2f}]" + (" noise" if low <= 0 <= high else "")
+
+
 def format_leaderboard(rows: list[Row]) -> str:
     """A fixed-width text table shaped like the pilot's."""
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning (95% CI)",
-              "gain", "Fast recall", "compute (PF)", "budget used (PF)", "submits", "sent (kB)")
+              "gain", "Fast recall", "vs next (paired 95% CI)", "top feature group",
+              "compute (PF)", "budget used (PF)", "submits", "sent (kB)")
     lines = [(r.contributor, r.strategy, r.model, f"{r.out_of_the_box:.3f}",
               f"{r.fine_tuned:.3f} [{r.fine_tuned_ci95[0]:.2f}, {r.fine_tuned_ci95[1]:.2f}]",
-              f"{r.gain:+.3f}", f"{r.fast_recall:.3f}",
+              f"{r.gain:+.3f}", f"{r.fast_recall:.3f}", _versus_next(rows, i), r.top_group,
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
               f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
-              f"{r.exported_bytes / 1000:.1f}") for r in rows]
+              f"{r.exported_bytes / 1000:.1f}") for i, r in enumerate(rows)]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     body = [fmt.format(*row) for row in lines] or ["(no finished submissions)"]
-    note = ("95% CI: bootstrap over the holdout's records, computed on the node; "
-            "scores whose intervals overlap are not shown to differ.")
+    note = ("95% CI: bootstrap over the holdout's records, computed on the node. vs next: the node's "
+            "paired bootstrap of the macro-F1 difference\nwith the row below on the same records; "
+            "'noise' when the interval holds 0. top feature group: largest permutation importance.")
     return "\n".join([fmt.format(*header), rule, *body, "", note])

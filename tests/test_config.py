@@ -1,14 +1,21 @@
 """Every Hydra config group composes, and every option builds its object."""
 
+import base64
+import io
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from client.errors import PolicyViolation
+from client.policy import check_model, feature_pipeline
 from client.schema import SCHEMA
 from client.settings import CONF_DIR, load_policy
-from models import ModelSpec, build_model
+from client.synthetic import public_gene_sets
+from models import build_model
 from server.app import build_strategy
 from server.config import compose_config, node_settings, submission_from_config
 
@@ -25,12 +32,44 @@ def test_every_strategy_instantiates_with_real_node_minimums(name):
     assert type(strategy).__name__ == cfg.strategy._target_.rsplit(".", 1)[-1]
 
 
+@pytest.mark.parametrize("features", options("features"))
 @pytest.mark.parametrize("name", options("model"))
-def test_every_model_builds(name):
-    cfg = compose_config([f"model={name}"])
-    spec = ModelSpec(cfg.model.name, OmegaConf.to_container(cfg.model.params))
-    model = build_model(spec, n_features=255, n_classes=len(SCHEMA.classes))
+def test_every_model_builds_on_every_feature_pipeline_within_the_policy(name, features):
+    cfg = compose_config([f"model={name}", f"features={features}"])
+    sub = submission_from_config(cfg)
+    inputs = feature_pipeline(sub.features).feature_names
+    if name == "pathway" and features == "gene_sets":  # the gene-set layer needs the single genes
+        with pytest.raises(PolicyViolation, match="model-spec"):
+            check_model(sub.model, node_settings(cfg).policy, inputs, len(SCHEMA.classes))
+        return
+    check_model(sub.model, node_settings(cfg).policy, inputs, len(SCHEMA.classes))
+    model = build_model(sub.model, len(inputs), len(SCHEMA.classes), feature_names=inputs)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_gene_set_priors_are_read_from_the_contributors_file(tmp_path):
+    (tmp_path / "sets.json").write_text(json.dumps({"mine": ["gene_1", "gene_2"]}))
+    cfg = compose_config(["model=pathway", "features=gene_sets", f"priors.gene_sets={tmp_path}/sets.json"])
+    sub = submission_from_config(cfg)
+    assert sub.model.params["gene_sets"] == {"mine": ["gene_1", "gene_2"]}
+    assert sub.features.gene_sets == {"mine": ("gene_1", "gene_2")}
+
+
+def test_the_shipped_gene_set_database_is_the_generators_public_one():
+    shipped = json.loads((CONF_DIR / "priors" / "public_gene_sets.json").read_text())
+    assert shipped == public_gene_sets(0)
+
+
+def test_pretraining_gives_initial_weights_of_the_model_once(tmp_path):
+    overrides = ["model=linear", "pretrain=external", "pretrain.n_records=300", "pretrain.epochs=2",
+                 f"output_dir={tmp_path}"]
+    sub = submission_from_config(compose_config(overrides))
+    with np.load(io.BytesIO(base64.b64decode(sub.initial_weights))) as npz:
+        assert {k: npz[k].shape for k in npz.files} == {"linear.weight": (3, 255), "linear.bias": (3,)}
+    cached = list((tmp_path / "pretrained").glob("*.npz"))
+    assert len(cached) == 1
+    assert submission_from_config(compose_config(overrides)).initial_weights == sub.initial_weights
+    assert not submission_from_config(compose_config(overrides[:1])).initial_weights
 
 
 @pytest.mark.parametrize("name", options("workspace"))
@@ -47,12 +86,14 @@ def test_every_cohort_option_gives_node_settings(name, tmp_path):
     assert settings.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
 
 
-def test_demo_submissions_compose_and_command_line_overrides_apply_to_all():
+def test_demo_submissions_compose_and_command_line_overrides_apply_to_all(tmp_path):
     cfg = compose_config()
     assert len(cfg.demo.submissions) >= 4
     contributors = set()
     for entry in cfg.demo.submissions:
-        sub = submission_from_config(compose_config([*entry.overrides, "workspace.num_rounds=3"]))
+        sub = submission_from_config(compose_config([*entry.overrides, "workspace.num_rounds=3",
+                                                     "++pretrain.n_records=200", "++pretrain.epochs=1",
+                                                     f"output_dir={tmp_path}"]))
         contributors.add(entry.contributor)
         assert sub.num_rounds == 3
         instantiate(sub.strategy)

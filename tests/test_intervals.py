@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from client.holdout import bootstrap_intervals, paired_bootstrap, score_predictions
+from client.holdout import bootstrap_intervals, macro_f1, paired_bootstrap, score_predictions
 
 CLASSES = ("Slow", "Medium", "Fast")
 
@@ -110,3 +110,12 @@ def test_predictions_of_another_length_are_refused():
     y = np.zeros(10, dtype=int)
     with pytest.raises(ValueError, match="one class index per holdout record"):
         paired_bootstrap(y, y, y[:9], 3, seed=0)
+
+
+def test_fast_macro_f1_equals_sklearns():
+    rng = np.random.default_rng(3)
+    for n in (5, 128, 1000):
+        y, y_pred = rng.integers(0, 3, n), rng.integers(0, 3, n)
+        assert np.isclose(macro_f1(y, y_pred, 3), score_predictions(y, y_pred, CLASSES).macro_f1)
+    assert macro_f1(np.array([0, 0]), np.array([0, 0]), 3) == score_predictions(
+        np.array([0, 0]), np.array([0, 0]), CLASSES).macro_f1

@@ -300,3 +300,50 @@ def test_the_node_holds_torch_to_the_policys_cpu_threads(cohort_parquet, tmp_pat
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# --- importance and paired comparisons, computed on the node -------------------------
+
+
+def test_permutation_importance_is_recorded_per_feature_and_group(store, finished):
+    run = _run(store, finished)
+    client = MlflowClient(store[0])
+    for group in ("genes", "clinical", "signatures", "sex", "onset"):
+        assert f"importance_{group}" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"holdout_importance.json", "holdout_importance.png"} <= artifacts
+
+
+def test_a_second_run_is_compared_with_the_first_record_by_record(node, store, finished):
+    """The same final weights, submitted again: the paired difference is exactly 0, and the
+    comparison is a tag on the later run; the predictions themselves stay on the node."""
+    facts = RunFacts(contributor="tester-2", submission_id=_new_run(store), model=SPEC, seed=0,
+                     num_rounds=1)
+    final = finished.train_replies[-1]["arrays"]
+    node.score_out_of_the_box(RecordDict({"arrays": final}), facts)
+    node.train(_train_content(final, 1, lr=1e-5), facts)  # a negligible step
+    reply = node.score_final(RecordDict({"arrays": final}), facts)
+    assert _plain(reply) == {"metrics": {"recorded": 1}}
+    tags = MlflowClient(store[0]).get_run(facts.submission_id).data.tags
+    difference, low, high = map(float, tags[f"paired.{finished.facts.submission_id}"].split())
+    assert difference == low == high == 0.0
+    kept = node.ledger.earlier_predictions(node.cohort.holdout_key, "")
+    assert set(kept) >= {finished.facts.submission_id, facts.submission_id}
+    assert all(len(p) == len(node.cohort.y_holdout) for p in kept.values())
+
+
+def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
+    sets = {"a": ("gene_0", "gene_1", "gene_2"), "b": ("gene_3", "gene_4")}
+    features = FeatureSpec(gene_sets=sets, gene_set_score="pc1", interactions=("clinical_0",),
+                           interaction_left="gene_sets")
+    model = ModelSpec("pathway", {"gene_sets": {k: list(v) for k, v in sets.items()},
+                                  "interaction_columns": ["clinical_0", "clinical_3"]})
+    facts = RunFacts(contributor="tester-p", submission_id=_new_run(store), model=model, seed=0,
+                     num_rounds=1, features=features)
+    initial = _initial(node, facts)
+    node.score_out_of_the_box(RecordDict({"arrays": initial}), facts)
+    reply = node.train(_train_content(initial, 1), facts)
+    assert set(reply["arrays"].keys()) == set(initial.keys())
+    node.score_final(RecordDict({"arrays": reply["arrays"]}), facts)
+    metrics = MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
+    assert "importance_set_a" in metrics and "holdout_macro_f1" in metrics

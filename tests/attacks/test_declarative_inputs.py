@@ -1,0 +1,88 @@
+"""Attacks through a submission's declarative inputs: feature specs, gene-set priors and the
+pathway model's weights. The node refuses each by rule before any record is touched."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, RecordDict
+from mlflow.tracking import MlflowClient
+
+from client.errors import PolicyViolation
+from client.node import Node
+from client.runfacts import RunFacts
+from client.settings import NodeSettings
+from models import ModelSpec
+
+SETS = {"a": ["gene_0", "gene_1", "gene_2"], "b": ["gene_3", "gene_4"]}
+PATHWAY = ModelSpec("pathway", {"gene_sets": SETS, "interaction_columns": ["clinical_0"]})
+RUN = {"contributor": "mallory", "seed": 0, "num-rounds": 2}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, cohort_parquet) -> Node:
+    root = tmp_path_factory.mktemp("attack-node")
+    uri = f"sqlite:///{root}/mlflow.db"
+    MlflowClient(uri).create_experiment("attacks", artifact_location=str(root / "artifacts"))
+    return Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=uri, device="cpu",
+                             state_dir=str(root / "state")))
+
+
+def _facts(node: Node, model: ModelSpec, features: str = "{}") -> RunFacts:
+    client = MlflowClient(node.settings.tracking_uri)
+    run_id = client.create_run(client.get_experiment_by_name("attacks").experiment_id).info.run_id
+    return RunFacts.from_run_config({**RUN, "submission-id": run_id, "model": model.to_json(),
+                                     "features": features})
+
+
+@pytest.mark.parametrize("features, why", [
+    ({"interactions": ["progression"]}, "the label as an interaction column"),
+    ({"interactions": ["patient_id"]}, "the record id as an interaction column"),
+    ({"gene_sets": {"x": ["progression", "gene_1"]}}, "the label inside a gene set"),
+    ({"gene_sets": {"x": ["clinical_0", "gene_1"]}}, "a non-gene column inside a gene set"),
+    ({"gene_sets": {"x": ["gene_1"]}}, "a one-gene set"),
+    ({"gene_sets": {f"s{i}": ["gene_1", "gene_2"] for i in range(201)}}, "too many gene sets"),
+    ({"records": [1, 2, 3]}, "an unknown key that selects records"),
+    ({"gene_set_score": "python:os.system"}, "an unknown score kind"),
+])
+def test_a_feature_spec_outside_the_schema_is_refused(node, features, why):
+    with pytest.raises(PolicyViolation, match="feature-spec"):
+        facts = _facts(node, ModelSpec("linear"), json.dumps(features))
+        node.build(facts)
+
+
+def test_an_oversized_feature_spec_is_refused_before_parsing(node):
+    with pytest.raises(PolicyViolation, match="feature-spec"):
+        _facts(node, ModelSpec("linear"), "x" * 10_000_000)
+
+
+def test_a_pathway_model_that_names_the_label_or_unknown_genes_is_refused(node):
+    for bad in ({"gene_sets": {"x": ["progression", "gene_1"]}},
+                {"gene_sets": SETS, "interaction_columns": ["patient_id"]}):
+        with pytest.raises(PolicyViolation, match="model-spec"):
+            node.build(_facts(node, ModelSpec("pathway", bad)))
+
+
+def test_a_widened_gene_set_mask_cannot_be_sent(node):
+    """The mask is not part of the weights: arrays that carry one are not the model's."""
+    facts = _facts(node, PATHWAY)
+    model = node.build(facts)[0]
+    arrays = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    arrays["gene_sets.mask"] = torch.ones_like(model.gene_sets.mask)
+    with pytest.raises(PolicyViolation, match="model-arrays"):
+        node.score_out_of_the_box(RecordDict({"arrays": ArrayRecord(arrays)}), facts)
+
+
+def test_weights_outside_the_mask_have_no_effect(node):
+    """Non-zero weights sent for genes outside a set do not reach the pathway scores."""
+    facts = _facts(node, PATHWAY)
+    model = node.build(facts)[0]
+    view = node.cohort.view(facts.features)
+    state = model.state_dict()
+    before = model(view.x_holdout).detach()
+    state["gene_sets.weight"] = state["gene_sets.weight"] + 100.0 * (1 - model.gene_sets.mask)
+    model.load_state_dict(state)
+    np.testing.assert_allclose(model(view.x_holdout).detach().numpy(), before.numpy(), rtol=1e-5)
