@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -27,8 +28,14 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-migration 
 warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a command as Ctrl-C does, so its runs' processes are stopped too."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cohortfl`` console script."""
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(prog="cohortfl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

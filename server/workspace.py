@@ -88,12 +88,17 @@ class Workspace:
         with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
             futures = {pool.submit(simulate, s, self.node, self.verbose,
                                    progress(s) if progress else None): s for s in opened}
-            for future in as_completed(futures):
-                try:
-                    error = future.result()
-                except Exception as ex:  # the worker process died: the run failed all the same
-                    error = f"{type(ex).__name__}: {ex}"
-                outcomes.append(self.close_run(futures[future], error))
+            try:
+                for future in as_completed(futures):
+                    try:
+                        error = future.result()
+                    except Exception as ex:  # the worker process died: the run failed all the same
+                        error = f"{type(ex).__name__}: {ex}"
+                    outcomes.append(self.close_run(futures[future], error))
+            except BaseException:  # interrupted: stop the runs' processes (their Ray goes with them)
+                for worker in list(pool._processes.values()):  # no public API before Python 3.14
+                    worker.terminate()
+                raise
         return outcomes
 
     def check(self, submission: Submission) -> None:
