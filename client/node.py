@@ -261,21 +261,23 @@ class Node:
 
     def score_final(self, content: RecordDict, facts: RunFacts) -> RecordDict:
         """Close the run, then score the fine-tuned model and write it with the training
-        curve and the compute used. Closing first: a run is never scored twice."""
+        curve and the compute used; then its paired comparisons with earlier runs and its
+        permutation importance. Closing first: a run is never scored twice."""
         record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
         model, _, view = self._load(content, facts, {"arrays"})
         self.ledger.advance(facts.submission_id, (TRAINING,), CLOSED, "final holdout")
         rounds = self.ledger.rounds(facts.submission_id)
         usage = self.ledger.usage(facts.contributor)
         predictions = self._predict_holdout(model, view)
-        record.write_importance(self._importance(model, view, facts), self._importance_groups(facts))
-        record.write_comparisons(self._compare(predictions, facts.submission_id))
         record.write_final(
             self._score(predictions, facts.submission_id),
             rounds=[r for r, loss, _, _ in rounds if loss is not None],
             losses=[loss for _, loss, _, _ in rounds if loss is not None],
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
             classes=self.cohort.classes, usage=self._usage_metrics(facts, usage.submissions, usage.flops))
+        # the score is recorded first: what follows explains it
+        record.write_comparisons(self._compare(predictions, facts.submission_id))
+        record.write_importance(self._importance(model, view, facts), self._importance_groups(facts))
         return self._acknowledge()
 
     def _usage_metrics(self, facts: RunFacts, submissions: int, flops: int) -> dict[str, float]:

@@ -11,6 +11,16 @@ CATEGORICAL_LEVELS: dict[str, tuple[str, ...]] = {
     "sex": ("female", "male"),
     "onset": ("childhood", "juvenile", "adult"),
 }
+#: The data dictionary the foundation publishes for the clinical columns it names; the others
+#: are "other clinical measurements". Signature ``t`` is the mean expression of the public
+#: database's gene set ``t`` (``conf/priors/public_gene_sets.json``, in file order).
+COLUMN_NOTES: dict[str, str] = {
+    "clinical_0": "disease stage (1-5)",
+    "clinical_1": "functional score",
+    "clinical_2": "six-minute walk test (m)",
+    "clinical_3": "lines of treatment received (treatment history)",
+    "clinical_4": "age at baseline (years)",
+}
 ID_COLUMN = "patient_id"
 LABEL_COLUMN = "progression"
 CLASSES: tuple[str, ...] = ("Slow", "Medium", "Fast")

@@ -74,6 +74,8 @@ def cached_pretrained(model: ModelSpec, features: FeatureSpec, plan: Pretraining
     key = json.dumps([model.to_json(), features.to_json(), asdict(plan), seed], sort_keys=True)
     path = cache_dir / f"pretrained-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if not path.is_file():
+        print(f"pretraining {model.name} on an external cohort of {plan.n_records} records "
+              f"({plan.epochs} epochs) -> {path}", flush=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         np.savez(tmp.open("wb"), **pretrained_weights(model, features, plan, seed))
