@@ -19,9 +19,11 @@ class Row:
     strategy: str
     model: str
     out_of_the_box: float
+    out_of_the_box_ci95: tuple[float, float]
     fine_tuned: float
     fine_tuned_ci95: tuple[float, float]
     fast_recall: float
+    fast_recall_ci95: tuple[float, float]
     compute_pf: float
     budget_used_pf: float
     budget_pf: float
@@ -82,10 +84,11 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
             strategy=run.data.params.get("strategy", "?"),
             model=run.data.params.get("model", "?"),
             out_of_the_box=run.data.metrics.get("holdout_oob_macro_f1", math.nan),
+            out_of_the_box_ci95=_interval(run.data.metrics, "holdout_oob_macro_f1"),
             fine_tuned=run.data.metrics.get("holdout_macro_f1", math.nan),
-            fine_tuned_ci95=(run.data.metrics.get("holdout_macro_f1_ci95_low", math.nan),
-                             run.data.metrics.get("holdout_macro_f1_ci95_high", math.nan)),
+            fine_tuned_ci95=_interval(run.data.metrics, "holdout_macro_f1"),
             fast_recall=run.data.metrics.get("holdout_recall_fast", math.nan),
+            fast_recall_ci95=_interval(run.data.metrics, "holdout_recall_fast"),
             compute_pf=run.data.metrics.get("compute_pf", math.nan),
             budget_used_pf=run.data.metrics.get("budget_compute_used_pf", math.nan),
             budget_pf=run.data.metrics.get("budget_compute_pf", math.nan),
@@ -99,6 +102,16 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
         )
         for run in runs
     ]
+
+
+def _interval(metrics: dict[str, float], name: str) -> tuple[float, float]:
+    """The node's 95% bootstrap interval of a holdout metric."""
+    return metrics.get(f"{name}_ci95_low", math.nan), metrics.get(f"{name}_ci95_high", math.nan)
+
+
+def _with_interval(value: float, interval: tuple[float, float]) -> str:
+    """``0.840 [0.77, 0.90]``."""
+    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 def _top_group(metrics: dict[str, float]) -> str:
@@ -118,12 +131,12 @@ def _versus_next(rows: list[Row], i: int) -> str:
 
 def format_leaderboard(rows: list[Row]) -> str:
     """A fixed-width text table shaped like the pilot's."""
-    header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning (95% CI)",
-              "gain", "Fast recall", "vs next (paired 95% CI)", "top feature group",
+    header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
+              "gain", "Fast recall", "vs next (paired)", "top feature group",
               "compute (PF)", "budget used (PF)", "submits", "sent (kB)")
-    lines = [(r.contributor, r.strategy, r.model, f"{r.out_of_the_box:.3f}",
-              f"{r.fine_tuned:.3f} [{r.fine_tuned_ci95[0]:.2f}, {r.fine_tuned_ci95[1]:.2f}]",
-              f"{r.gain:+.3f}", f"{r.fast_recall:.3f}", _versus_next(rows, i), r.top_group,
+    lines = [(r.contributor, r.strategy, r.model, _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
+              _with_interval(r.fine_tuned, r.fine_tuned_ci95), f"{r.gain:+.3f}",
+              _with_interval(r.fast_recall, r.fast_recall_ci95), _versus_next(rows, i), r.top_group,
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
               f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
               f"{r.exported_bytes / 1000:.1f}") for i, r in enumerate(rows)]
@@ -131,7 +144,8 @@ def format_leaderboard(rows: list[Row]) -> str:
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     body = [fmt.format(*row) for row in lines] or ["(no finished submissions)"]
-    note = ("95% CI: bootstrap over the holdout's records, computed on the node. vs next: the node's "
-            "paired bootstrap of the macro-F1 difference\nwith the row below on the same records; "
-            "'noise' when the interval holds 0. top feature group: largest permutation importance.")
+    note = ("[low, high]: 95% bootstrap intervals over the holdout's records, computed on the node. "
+            "vs next: the node's paired bootstrap\nof the macro-F1 difference with the row below on "
+            "the same records; 'noise' when its interval holds 0. top feature group: largest "
+            "permutation importance.")
     return "\n".join([fmt.format(*header), rule, *body, "", note])

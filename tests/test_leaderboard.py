@@ -7,7 +7,8 @@ from server.leaderboard import Row, _top_group, format_leaderboard
 
 def _row(run_id: str, score: float, paired: dict | None = None) -> Row:
     return Row(contributor=run_id, strategy="FedAvg", model="mlp", out_of_the_box=0.3,
-               fine_tuned=score, fine_tuned_ci95=(score - 0.07, score + 0.07), fast_recall=0.8,
+               out_of_the_box_ci95=(0.22, 0.38), fine_tuned=score,
+               fine_tuned_ci95=(score - 0.07, score + 0.07), fast_recall=0.8, fast_recall_ci95=(0.7, 0.9),
                compute_pf=1e-7, budget_used_pf=1e-7, budget_pf=100, submissions_used=1,
                submissions_limit=5, exported_bytes=1000, run_id=run_id, paired=paired or {},
                top_group="genes")
@@ -22,7 +23,8 @@ def test_neighbours_are_compared_from_whichever_run_holds_the_pair():
     lines = format_leaderboard([first, second, third]).splitlines()
     assert "+0.050 [+0.01, +0.09]" in lines[2] and "noise" not in lines[2]
     assert "+0.010 [-0.04, +0.06] noise" in lines[3]
-    assert lines[4].split()[9] == "-"  # the last row has nobody below it
+    assert lines[4].split()[13] == "-"  # the last row has nobody below it
+    assert "0.300 [0.22, 0.38]" in lines[2] and "0.800 [0.70, 0.90]" in lines[2]
 
 
 def test_top_group_is_the_largest_importance():
