@@ -241,17 +241,15 @@ class NodeLedger:
                        (time.time(), contributor, run_id, message_type, json.dumps(keys),
                         json.dumps(shapes), size))
 
-    def keep_predictions(self, run_id: str, holdout: str, predictions: np.ndarray) -> None:
-        """Keep a closed run's holdout predictions (class indices) under the holdout's key."""
+    def keep_predictions(self, run_id: str, holdout: str, predictions: np.ndarray) -> dict[str, np.ndarray]:
+        """Keep a closed run's holdout predictions (class indices) under the holdout's key; return
+        those of the other runs kept for the same holdout, oldest first. One transaction: of two
+        runs closing at once, the later one always sees the earlier."""
         with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO holdout_predictions VALUES (?, ?, ?, ?)",
-                       (run_id, holdout, predictions.astype(np.int8).tobytes(), time.time()))
-
-    def earlier_predictions(self, holdout: str, run_id: str) -> dict[str, np.ndarray]:
-        """Predictions of the other runs kept for the same holdout, oldest first."""
-        with closing(sqlite3.connect(self.path, timeout=60)) as db:
             rows = db.execute("SELECT run_id, predictions FROM holdout_predictions WHERE holdout = ? "
                               "AND run_id != ? ORDER BY at", (holdout, run_id)).fetchall()
+            db.execute("INSERT OR REPLACE INTO holdout_predictions VALUES (?, ?, ?, ?)",
+                       (run_id, holdout, predictions.astype(np.int8).tobytes(), time.time()))
         return {other: np.frombuffer(blob, dtype=np.int8).astype(np.int64) for other, blob in rows}
 
     def export_totals(self, run_id: str) -> tuple[int, int]:

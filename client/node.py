@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass, replace
@@ -37,14 +38,15 @@ from client.policy import (
     feature_pipeline,
     parse_train_config,
 )
-from client.privacy import round_entry, train_local_dp
+from client.privacy import check_dp_model, round_entry, train_local_dp
 from client.record import OfficialRecord
 from client.runfacts import RunFacts
-from client.schema import SCHEMA
 from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
 from models import build_model
 from models.pipeline import FeaturePipeline, FeatureSpec
+
+log = logging.getLogger("cohortfl.node")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,8 +165,10 @@ class Node:
     """
 
     _instances: ClassVar[dict[NodeSettings, Node]] = {}
-    #: Permutations per feature or group in the holdout's permutation importance.
+    #: Permutations per feature or group in the holdout's permutation importance, and the most
+    #: gene sets scored as groups (each costs as much as a feature).
     importance_repeats: ClassVar[int] = 5
+    importance_gene_sets: ClassVar[int] = 50
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
@@ -186,9 +190,10 @@ class Node:
     def build(self, facts: RunFacts) -> tuple[nn.Module, dict[str, tuple[int, ...]], FeatureView]:
         """The run's model on the device, the array shapes it accepts and returns, and the
         features it reads."""
-        n_classes, view = len(self.cohort.classes), self.cohort.view(facts.features)
-        inputs = view.pipeline.feature_names
-        check_model(facts.model, self.settings.policy, inputs, n_classes)
+        n_classes = len(self.cohort.classes)
+        inputs = feature_pipeline(facts.features, self.cohort.schema).feature_names
+        check_model(facts.model, self.settings.policy, inputs, n_classes)  # before any data is read
+        view = self.cohort.view(facts.features)
         model = build_model(facts.model, len(inputs), n_classes, facts.seed, feature_names=inputs)
         model = model.to(self.cohort.device)
         return model, {k: tuple(v.shape) for k, v in model.state_dict().items()}, view
@@ -215,6 +220,8 @@ class Node:
         privacy = policy.privacy
         if privacy and config.proximal_mu > 0:
             raise PolicyViolation("dp-proximal", "no proximal term under DP-SGD (it is not clipped)")
+        if privacy:
+            check_dp_model(model)
         self.ledger.begin_round(
             facts.contributor, facts.submission_id, config.server_round,
             min(facts.num_rounds, policy.rounds_max),
@@ -275,9 +282,11 @@ class Node:
             losses=[loss for _, loss, _, _ in rounds if loss is not None],
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
             classes=self.cohort.classes, usage=self._usage_metrics(facts, usage.submissions, usage.flops))
-        # the score is recorded first: what follows explains it
-        record.write_comparisons(self._compare(predictions, facts.submission_id))
-        record.write_importance(self._importance(model, view, facts), self._importance_groups(facts))
+        try:  # the score is recorded; what follows explains it, and must not fail the run
+            record.write_comparisons(self._compare(predictions, facts.submission_id))
+            record.write_importance(self._importance(model, view, facts), self._importance_groups(facts))
+        except Exception:
+            log.exception("comparisons or importance of a closed run could not be recorded")
         return self._acknowledge()
 
     def _usage_metrics(self, facts: RunFacts, submissions: int, flops: int) -> dict[str, float]:
@@ -321,20 +330,18 @@ class Node:
                                       seed=round_seed(self.secret, facts.submission_id, -1),
                                       repeats=self.importance_repeats)
 
-    @staticmethod
-    def _importance_groups(facts: RunFacts) -> dict[str, list[str]]:
-        """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets."""
+    def _importance_groups(self, facts: RunFacts) -> dict[str, list[str]]:
+        """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets
+        (the first ``importance_gene_sets`` by name, the model's prior over the pipeline's)."""
         given = {**facts.features.gene_sets, **facts.model.params.get("gene_sets", {})}
-        genes = set(SCHEMA.numeric) & {c for c in SCHEMA.numeric if c.startswith("gene_")}
-        gene_sets = {name: list(members) for name, members in given.items() if set(members) <= genes}
-        return column_groups(list(SCHEMA.feature_columns), gene_sets)
+        gene_sets = {name: list(given[name]) for name in sorted(given)[:self.importance_gene_sets]}
+        return column_groups(list(self.cohort.schema.feature_columns), gene_sets)
 
     def _compare(self, predictions: np.ndarray, submission_id: str) -> dict[str, PairedDifference]:
         """Keep this run's holdout predictions on the node; compare them, record by record,
         with every earlier run's on the same holdout (paired bootstrap of macro-F1)."""
         y_true = self.cohort.y_holdout.cpu().numpy()
-        earlier = self.ledger.earlier_predictions(self.cohort.holdout_key, submission_id)
-        self.ledger.keep_predictions(submission_id, self.cohort.holdout_key, predictions)
+        earlier = self.ledger.keep_predictions(submission_id, self.cohort.holdout_key, predictions)
         seed = round_seed(self.secret, submission_id, -2)
         return {other: paired_bootstrap(y_true, predictions, theirs, len(self.cohort.classes), seed)
                 for other, theirs in earlier.items()}

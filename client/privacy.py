@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from client.errors import PolicyViolation
 from client.training import FlopMeter, TrainConfig, TrainResult, architecture_key
 
 
@@ -47,6 +48,21 @@ def round_entry(n: int, config: TrainConfig, privacy: PrivacyPolicy) -> Entry:
     """The accounting entry of one round: about ``n / batch`` Poisson batches per epoch."""
     sample_rate = config.batch_size / n
     return (privacy.noise_multiplier, sample_rate, config.local_epochs * round(1 / sample_rate))
+
+
+def check_dp_model(model: nn.Module) -> None:
+    """Refuse, before a round is charged, a model Opacus cannot clip per example.
+
+    Raises
+    ------
+    PolicyViolation
+        ``dp-model``, e.g. for the pathway network, whose gene-set layer holds its mask.
+    """
+    from opacus.grad_sample import GradSampleModule
+
+    if GradSampleModule.validate(model, strict=False):  # the check make_private would fail
+        raise PolicyViolation("dp-model", "this model cannot be trained with DP-SGD: choose "
+                              "linear or mlp while the workspace uses differential privacy")
 
 
 def train_local_dp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,

@@ -6,7 +6,6 @@ back through Flower. No cohort rows, no dataset logging.
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -69,7 +68,7 @@ class OfficialRecord:
         table = importance_table(importances)
         self._client.log_table(self.run_id, table, "holdout_importance.json")
         self._client.log_figure(self.run_id, importance_figure(table), "holdout_importance.png")
-        self._log({f"importance_{_metric_name(g)}": importances[g].mean for g in groups})
+        self._log({f"importance_{g}": importances[g].mean for g in groups})  # e.g. importance_set:GS01
 
     def write_comparisons(self, comparisons: dict[str, PairedDifference]) -> None:
         """Record this run's paired comparisons with earlier runs on the same holdout, as tags
@@ -92,11 +91,6 @@ class OfficialRecord:
             metrics=entries,
             params=[Param(k, str(v)) for k, v in (params or {}).items()],
         )
-
-
-def _metric_name(group: str) -> str:
-    """``set:GS01`` -> ``set_GS01``: MLflow metric names hold letters, digits and ``_-./``."""
-    return re.sub(r"[^\w./-]", "_", group)
 
 
 def _confusion_figure(scores: HoldoutScores, classes: Sequence[str]):  # -> Figure

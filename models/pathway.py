@@ -4,12 +4,18 @@ interactions with covariates, and a classifier head.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from models.featurespec import MAX_INTERACTIONS
 from models.genesets import gene_set_problem
+
+#: Inputs a gene set may hold, and those a set score may interact with.
+_GENE = re.compile(r"gene_\d+")
+_COVARIATE = re.compile(r"(clinical|signature)_\d+")
 
 
 class GeneSetLayer(nn.Module):
@@ -123,18 +129,22 @@ def _head(width: int, n_classes: int, hidden: int, dropout: float) -> nn.Module:
 def _check(n_features: int, names: list[str], gene_sets: Mapping[str, Sequence[str]],
            interaction_columns: Sequence[str], hidden: int, dropout: float) -> None:
     """Raise ValueError naming the first constructor argument that breaks a rule."""
-    if len(names) != n_features or len(set(names)) != len(names):
+    known = set(names)
+    if len(names) != n_features or len(known) != len(names):
         raise ValueError("feature_names must be n_features distinct names")
     if not isinstance(gene_sets, Mapping) or not gene_sets:
         raise ValueError("gene_sets must name at least one gene set")
-    problem = gene_set_problem(gene_sets, set(names))
+    problem = gene_set_problem(gene_sets, {n for n in names if _GENE.fullmatch(n)})
     if problem:
         raise ValueError(f"gene_sets: {problem}")
     if isinstance(interaction_columns, str) or not all(isinstance(c, str) for c in interaction_columns):
         raise ValueError("interaction_columns must be a list of feature names")
-    unknown = [c for c in interaction_columns if c not in set(names)]
-    if unknown or len(set(interaction_columns)) != len(interaction_columns):
-        raise ValueError("interaction_columns must be distinct names among feature_names")
+    if len(interaction_columns) > MAX_INTERACTIONS:
+        raise ValueError(f"interaction_columns: at most {MAX_INTERACTIONS} columns")
+    if (len(set(interaction_columns)) != len(interaction_columns)
+            or not all(c in known and _COVARIATE.fullmatch(c) for c in interaction_columns)):
+        raise ValueError("interaction_columns must be distinct clinical_* or signature_* columns "
+                         "among feature_names")
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
         raise ValueError("hidden must be a whole number >= 0")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:

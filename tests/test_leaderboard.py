@@ -28,6 +28,6 @@ def test_neighbours_are_compared_from_whichever_run_holds_the_pair():
 
 
 def test_top_group_is_the_largest_importance():
-    assert _top_group({"importance_genes": 0.1, "importance_set_GS03": 0.3, "holdout_macro_f1": 0.9}
-                      ) == "set_GS03"
+    assert _top_group({"importance_genes": 0.1, "importance_set:GS03": 0.3, "holdout_macro_f1": 0.9}
+                      ) == "set:GS03"
     assert _top_group({"holdout_macro_f1": 0.9}) == "-"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import dataclass
 
 import numpy as np
@@ -327,9 +328,9 @@ def test_a_second_run_is_compared_with_the_first_record_by_record(node, store, f
     tags = MlflowClient(store[0]).get_run(facts.submission_id).data.tags
     difference, low, high = map(float, tags[f"paired.{finished.facts.submission_id}"].split())
     assert difference == low == high == 0.0
-    kept = node.ledger.earlier_predictions(node.cohort.holdout_key, "")
-    assert set(kept) >= {finished.facts.submission_id, facts.submission_id}
-    assert all(len(p) == len(node.cohort.y_holdout) for p in kept.values())
+    with sqlite3.connect(node.ledger.path) as db:  # kept on the node, one row per closed run
+        kept = dict(db.execute("SELECT run_id, length(predictions) FROM holdout_predictions"))
+    assert kept[finished.facts.submission_id] == kept[facts.submission_id] == len(node.cohort.y_holdout)
 
 
 def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
@@ -346,4 +347,29 @@ def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
     assert set(reply["arrays"].keys()) == set(initial.keys())
     node.score_final(RecordDict({"arrays": reply["arrays"]}), facts)
     metrics = MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
-    assert "importance_set_a" in metrics and "holdout_macro_f1" in metrics
+    assert "importance_set:a" in metrics and "holdout_macro_f1" in metrics
+
+
+def test_a_failing_importance_does_not_fail_a_scored_run(node, store, monkeypatch):
+    facts = RunFacts(contributor="tester-i", submission_id=_new_run(store), model=SPEC, seed=0,
+                     num_rounds=1)
+    initial = _initial(node, facts)
+    node.score_out_of_the_box(RecordDict({"arrays": initial}), facts)
+    trained = node.train(_train_content(initial, 1), facts)["arrays"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("importance failed")
+
+    monkeypatch.setattr(Node, "_importance", broken)
+    assert _plain(node.score_final(RecordDict({"arrays": trained}), facts)) == {"metrics": {"recorded": 1}}
+    assert "holdout_macro_f1" in MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
+
+
+def test_a_refused_model_reads_no_data_for_its_features(node, store):
+    """The model is checked against the policy before the contributor's pipeline is fitted."""
+    features = FeatureSpec(gene_sets={"q": ("gene_7", "gene_8")})
+    facts = RunFacts(contributor="tester-r", submission_id=_new_run(store), seed=0, num_rounds=1,
+                     model=ModelSpec("mlp", {"hidden": [10**6]}), features=features)
+    with pytest.raises(PolicyViolation, match="max-parameters"):
+        node.build(facts)
+    assert features.to_json() not in node.cohort._views

@@ -84,7 +84,7 @@ def test_loaded_weights_outside_the_mask_have_no_effect():
 
 
 @pytest.mark.parametrize(("hidden", "interactions"),
-                         [(0, ()), (0, ("clinical_0",)), (16, ("clinical_0", "sex=male"))])
+                         [(0, ()), (0, ("clinical_0",)), (16, ("clinical_0", "clinical_1"))])
 def test_output_shape_and_parameter_count(hidden, interactions):
     model = net(hidden, interactions)
     assert model(torch.randn(5, len(NAMES))).shape == (5, 3)
@@ -134,7 +134,11 @@ def test_build_model_needs_matching_feature_names_for_pathway_only():
     ({}, [], "at least one gene set"),
     ({"a": []}, [], "'a' must hold 2 to 200"),
     ({"a": ["gene_0", "gene_99"]}, [], "'a' names 1 unknown"),
-    (SETS, ["clinical_7"], "interaction_columns must be distinct names among feature_names"),
+    (SETS, ["clinical_7"], "interaction_columns must be distinct clinical"),
+    (SETS, ["sex=male"], "interaction_columns must be distinct clinical"),
+    (SETS, ["clinical_0", "clinical_0"], "interaction_columns must be distinct clinical"),
+    (SETS, [f"clinical_{i}" for i in range(51)], "at most 50"),
+    ({"a": ["gene_0", "clinical_0"]}, [], "'a' names 1 unknown"),
     (SETS, "clinical_0", "interaction_columns must be a list"),
 ])
 def test_bad_priors_are_refused(sets, interactions, match):

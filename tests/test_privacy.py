@@ -70,3 +70,15 @@ def test_the_node_accounts_epsilon_per_contributor_and_refuses_over_budget(priva
     metrics = MlflowClient(node.settings.tracking_uri).get_run(facts.submission_id).data.metrics
     assert 0 < metrics["privacy_epsilon"] <= metrics["privacy_epsilon_budget"]
     assert metrics["privacy_delta"] == 1e-5
+
+
+def test_a_model_opacus_cannot_clip_is_refused_before_the_round_is_charged():
+    from client.errors import PolicyViolation
+    from client.privacy import check_dp_model
+
+    names = [f"gene_{i}" for i in range(4)] + ["clinical_0"]
+    pathway = build_model(ModelSpec("pathway", {"gene_sets": {"a": ["gene_0", "gene_1"]}}), 5, 3,
+                          feature_names=names)
+    with pytest.raises(PolicyViolation, match="dp-model"):
+        check_dp_model(pathway)
+    check_dp_model(build_model(ModelSpec("mlp"), 5, 3))  # supported: no error
