@@ -25,7 +25,7 @@ CAUSES = [
     ("module imports", "_find_and_load"),
     ("training steps (client/training.py)", "client/training.py"),
     ("holdout scoring and official record (client/record.py)", "client/record.py"),
-    ("cohort load and preprocessing (client/cohort.py, models/features.py)", "client/cohort.py"),
+    ("cohort load and preprocessing (client/cohort.py, models/pipeline.py)", "client/cohort.py"),
     ("MLflow store", "mlflow/"),
     ("Flower engine, grid and link state", "flwr/"),
     ("Ray internals", "ray/"),

@@ -72,11 +72,6 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
             float(recall_score(y_true, y_pred, labels=[FAST], average=None)[0]))
 
 
-def labels(frame: pd.DataFrame) -> np.ndarray:
-    """Class indices of a cohort table."""
-    return frame[SCHEMA.label_column].map({c: i for i, c in enumerate(SCHEMA.classes)}).to_numpy(np.int64)
-
-
 def raw_matrix(frame: pd.DataFrame) -> np.ndarray:
     """The 250 numeric columns and the one-hot categoricals, unscaled."""
     one_hot = [pd.get_dummies(pd.Categorical(frame[c], categories=levels)).to_numpy(float)
@@ -167,7 +162,7 @@ def main() -> None:
     started = time.perf_counter()
     scale = LARGE / sum(CLASS_COUNTS.values())
     large = generate_cohort(seed=99_999, class_counts={c: round(n * scale) for c, n in CLASS_COUNTS.items()})
-    y_large = labels(large)
+    y_large = SCHEMA.label_indices(large[SCHEMA.label_column])
     # rows: method -> list over seeds of {"holdout": (f1, fast), "large": (f1, fast), "oob": f1}
     results: dict[str, list[dict]] = defaultdict(list)
     gaps: dict[str, list[float]] = defaultdict(list)

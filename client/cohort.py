@@ -77,10 +77,9 @@ def load_cohort(path: str | Path, schema: CohortSchema = SCHEMA) -> Cohort:
             [f"the file could not be parsed as {path.suffix} ({type(ex).__name__})"]
         ) from None
     validate_frame(frame, schema)
-    labels = frame[schema.label_column].map({c: i for i, c in enumerate(schema.classes)})
     return Cohort(
         frame=frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
-        labels=labels.to_numpy(dtype=np.int64),
+        labels=schema.label_indices(frame[schema.label_column]),
         digest=hashlib.sha256(path.read_bytes()).hexdigest(),
         schema=schema,
     )

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
+
 GENE_COLUMNS: tuple[str, ...] = tuple(f"gene_{i}" for i in range(200))
 CLINICAL_COLUMNS: tuple[str, ...] = tuple(f"clinical_{i}" for i in range(29))
 SIGNATURE_COLUMNS: tuple[str, ...] = tuple(f"signature_{i}" for i in range(21))
 CATEGORICAL_LEVELS: dict[str, tuple[str, ...]] = {
     "sex": ("female", "male"),
     "onset": ("childhood", "juvenile", "adult"),
-}
-#: The data dictionary the foundation publishes for the clinical columns it names; the others
-#: are "other clinical measurements". Signature ``t`` is the mean expression of the public
-#: database's gene set ``t`` (``conf/priors/public_gene_sets.json``, in file order).
-COLUMN_NOTES: dict[str, str] = {
-    "clinical_0": "disease stage (1-5)",
-    "clinical_1": "functional score",
-    "clinical_2": "six-minute walk test (m)",
-    "clinical_3": "lines of treatment received (treatment history)",
-    "clinical_4": "age at baseline (years)",
 }
 ID_COLUMN = "patient_id"
 LABEL_COLUMN = "progression"
@@ -50,6 +43,10 @@ class CohortSchema:
     def feature_columns(self) -> tuple[str, ...]:
         """All feature columns, numeric first, in file order."""
         return self.numeric + tuple(self.categorical)
+
+    def label_indices(self, labels: pd.Series) -> np.ndarray:
+        """Class indices (into ``classes``) of a column of class names, shape (n,)."""
+        return labels.map({c: i for i, c in enumerate(self.classes)}).to_numpy(np.int64, copy=True)
 
     @property
     def all_columns(self) -> tuple[str, ...]:

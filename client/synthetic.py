@@ -140,7 +140,7 @@ def disease(seed: int = 0) -> Disease:
 
 
 def _public_sets(modules: list[np.ndarray], rng: np.random.Generator) -> dict[str, tuple[str, ...]]:
-    """Curated gene sets: ~60 % of a true module plus unrelated genes; some match no module."""
+    """Curated gene sets: ~70 % of a true module plus unrelated genes; some match no module."""
     sets = []
     for s in range(N_PUBLIC_SETS):
         if s < 2 * N_PATHWAYS:
@@ -157,12 +157,9 @@ def _public_sets(modules: list[np.ndarray], rng: np.random.Generator) -> dict[st
 
 def _with_thresholds(base: Disease, counts: dict[str, int]) -> Disease:
     """Cut points of the latent score at the population quantiles of the class shares."""
-    rng = np.random.default_rng(base.seed + 1)
-    latents = _draw_latents(base, FOUNDATION, 400_000, rng)
-    score = _score(base, FOUNDATION, *latents) + base.noise_sd * rng.standard_normal(len(latents[0]))
     shares = np.array([counts[c] for c in CLASSES], dtype=float)
-    cuts = np.quantile(score, np.cumsum(shares / shares.sum())[:2])
-    return Disease(**{**base.__dict__, "thresholds": (float(cuts[0]), float(cuts[1]))})
+    cuts = _quantile_cuts(base, FOUNDATION, shares, 400_000, base.seed + 1)
+    return Disease(**{**base.__dict__, "thresholds": cuts})
 
 
 def public_gene_sets(seed: int = 0) -> dict[str, list[str]]:
@@ -217,7 +214,7 @@ def generate_external_cohort(seed: int, n_records: int = 2000, site: Site = EXTE
 
     Class counts follow the site's class shares; see ``Site`` for the shift.
     """
-    shares = np.array(site.class_shares or [CLASS_COUNTS[c] for c in CLASSES], dtype=float)
+    shares = _shares(site)
     counts = np.floor(shares / shares.sum() * n_records).astype(int)
     counts[0] += n_records - counts.sum()
     return generate_cohort(seed, dict(zip(CLASSES, map(int, counts), strict=True)), site, disease_seed)
@@ -258,12 +255,22 @@ def _site_thresholds(truth: Disease, site: Site) -> tuple[float, float]:
     """A site's class cut points: the disease's, or its own population's quantiles."""
     if site == FOUNDATION:
         return truth.thresholds
-    rng = np.random.default_rng(truth.seed + 3)
-    latents = _draw_latents(truth, site, 200_000, rng)
-    score = _score(truth, site, *latents) + truth.noise_sd * rng.standard_normal(200_000)
-    shares = np.array(site.class_shares or [CLASS_COUNTS[c] for c in CLASSES], dtype=float)
+    return _quantile_cuts(truth, site, _shares(site), 200_000, truth.seed + 3)
+
+
+def _quantile_cuts(truth: Disease, site: Site, shares: np.ndarray, draws: int, seed: int
+                   ) -> tuple[float, float]:
+    """The latent score's population quantiles at the cumulative class shares (Monte Carlo)."""
+    rng = np.random.default_rng(seed)
+    latents = _draw_latents(truth, site, draws, rng)
+    score = _score(truth, site, *latents) + truth.noise_sd * rng.standard_normal(draws)
     cuts = np.quantile(score, np.cumsum(shares / shares.sum())[:2])
     return float(cuts[0]), float(cuts[1])
+
+
+def _shares(site: Site) -> np.ndarray:
+    """The site's class shares: its own, or the pilot cohort's."""
+    return np.array(site.class_shares or [CLASS_COUNTS[c] for c in CLASSES], dtype=float)
 
 
 def _draw_patients(truth: Disease, site: Site, cuts: tuple[float, float], batch: np.ndarray,

@@ -3,7 +3,9 @@
 A package is a folder with exactly these files:
 
 - ``submission.yaml`` (required): ``strategy`` (``_target_`` and its arguments),
-  ``model`` (``name``, ``params``), ``lr``, ``batch_size``, ``seed``;
+  ``model`` (``name``, ``params``: gene-set priors inline), ``lr``, ``batch_size``,
+  ``seed``, optional ``features`` (a feature spec: ``gene_sets``, ``gene_set_score``,
+  ``raw``, ``interactions``, ``interaction_left``);
 - ``strategy.py`` (optional): the contributor's Strategy class, named in
   ``_target_`` as ``contributor.ClassName``. It travels to the ServerApp as
   text in the run config and runs only there, never on the node;
@@ -20,17 +22,19 @@ from __future__ import annotations
 import ast
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from models import ModelSpec
+from models.pipeline import FeatureSpec, FeatureSpecError
 from server.errors import PackageRefused
 from server.submission import Submission
 
 ALLOWED_FILES = frozenset({"submission.yaml", "strategy.py", "initial.npz"})
-SUBMISSION_KEYS = frozenset({"strategy", "model", "lr", "batch_size", "seed"})
+SUBMISSION_KEYS = frozenset({"strategy", "model", "lr", "batch_size", "seed", "features"})
 #: Where a ``_target_`` may point: Flower's strategies, ours, or the package's own module.
 TARGET_PREFIXES = ("flwr.serverapp.strategy.", "strategies.", "contributor.")
 #: Modules whose import means client-side code: refused in ``strategy.py``.
@@ -74,8 +78,18 @@ def load_package(folder: Path, contributor: str, local_epochs: int, num_rounds: 
         model=ModelSpec(str(config["model"]["name"]), dict(config["model"].get("params") or {})),
         lr=float(config["lr"]), batch_size=int(config["batch_size"]),
         local_epochs=local_epochs, num_rounds=num_rounds, seed=int(config.get("seed", 0)),
-        strategy_source=source,
+        strategy_source=source, features=_read_features(config.get("features") or {}),
         initial_weights=_read_weights(folder / "initial.npz", max_weight_bytes))
+
+
+def _read_features(declared: object) -> FeatureSpec:
+    """The package's feature spec (the node checks it against the cohort again)."""
+    if not isinstance(declared, dict):
+        raise PackageRefused("feature-spec", "features is a mapping of feature-spec keys")
+    try:
+        return FeatureSpec.from_json(json.dumps(declared))
+    except FeatureSpecError as ex:
+        raise PackageRefused("feature-spec", str(ex)) from None
 
 
 def _read_submission(path: Path) -> dict:

@@ -58,8 +58,7 @@ def pretrained_weights(model: ModelSpec, features: FeatureSpec, plan: Pretrainin
     frame = generate_external_cohort(plan.cohort_seed, plan.n_records)
     pipeline = FeaturePipeline(features, SCHEMA.numeric, SCHEMA.categorical).fit(frame)
     x = torch.from_numpy(pipeline.transform(frame))
-    y = torch.from_numpy(frame[SCHEMA.label_column].map(
-        {c: i for i, c in enumerate(SCHEMA.classes)}).to_numpy(np.int64, copy=True))
+    y = torch.from_numpy(SCHEMA.label_indices(frame[SCHEMA.label_column]))
     inputs = pipeline.feature_names
     net = build_model(model, len(inputs), len(SCHEMA.classes), seed, feature_names=inputs)
     train_local(net, x, y, TrainConfig(lr=plan.lr, local_epochs=plan.epochs,
@@ -71,7 +70,8 @@ def cached_pretrained(model: ModelSpec, features: FeatureSpec, plan: Pretraining
                       cache_dir: Path) -> str:
     """``pretrained_weights`` as the base64 ``.npz`` a submission carries, computed once per
     plan into ``cache_dir``."""
-    key = json.dumps([model.to_json(), features.to_json(), asdict(plan), seed], sort_keys=True)
+    key = json.dumps([model.to_json(), features.to_json(), asdict(plan), seed, _code_digest()],
+                     sort_keys=True)
     path = cache_dir / f"pretrained-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if not path.is_file():
         print(f"pretraining {model.name} on an external cohort of {plan.n_records} records "
@@ -81,3 +81,15 @@ def cached_pretrained(model: ModelSpec, features: FeatureSpec, plan: Pretraining
         np.savez(tmp.open("wb"), **pretrained_weights(model, features, plan, seed))
         tmp.replace(path)
     return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _code_digest() -> str:
+    """Digest of the code pretraining runs (generator, training loop, models): cached weights of
+    an older generator or model are not reused."""
+    import client.synthetic
+    import client.training
+    import models
+
+    files = [Path(client.synthetic.__file__), Path(client.training.__file__),
+             *sorted(Path(models.__file__).parent.glob("*.py"))]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()

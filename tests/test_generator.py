@@ -69,7 +69,6 @@ def test_the_true_posterior_is_a_distribution_and_beats_every_model(cohort_frame
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
-    from client.schema import CLASSES
     from client.synthetic import generate_cohort as draw
     from client.synthetic import public_gene_sets, true_posterior
     from models.pipeline import FeaturePipeline, FeatureSpec
@@ -80,7 +79,7 @@ def test_the_true_posterior_is_a_distribution_and_beats_every_model(cohort_frame
     assert (posterior >= 0).all()
 
     def labels(frame):
-        return frame["progression"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+        return SCHEMA.label_indices(frame["progression"])
 
     train = draw(seed=11, class_counts={"Slow": 700, "Medium": 630, "Fast": 670})
     test = draw(seed=12, class_counts={"Slow": 700, "Medium": 630, "Fast": 670})

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from models import ModelSpec, build_model
 from server.errors import PackageRefused
 from server.intake import load_package
+from server.submission import Submission
 
 STRATEGY = '''
 """FedAvg with a learning-rate warm-up over the first rounds."""
@@ -112,9 +113,20 @@ def test_targets_outside_the_allowed_packages_are_refused(tmp_path, target):
         load(make_package(tmp_path / "p", submission, strategy=strategy))
 
 
+def test_a_package_carries_its_feature_spec_and_gene_set_prior(tmp_path):
+    features = {"gene_sets": {"mine": ["gene_1", "gene_2"]}, "gene_set_score": "pc1",
+                "raw": ["clinical", "signature"]}
+    submission = load(make_package(tmp_path / "p", {**SUBMISSION, "features": features}, weights_seed=None))
+    assert submission.features.gene_sets == {"mine": ("gene_1", "gene_2")}
+    assert submission.features.gene_set_score == "pc1"
+    assert Submission.from_run_config(submission.to_run_config()).features == submission.features
+
+
 @pytest.mark.parametrize("change, rule", [
     ({"contributor": "someone-else"}, "submission-keys"),  # identity is not the package's to say
     ({"record_ids": [1, 2]}, "submission-keys"),
+    ({"features": {"rows": [1, 2]}}, "feature-spec"),
+    ({"features": {"gene_set_score": "import os"}}, "feature-spec"),
 ])
 def test_unknown_submission_keys_are_refused(tmp_path, change, rule):
     with pytest.raises(PackageRefused, match=f"'{rule}'"):
