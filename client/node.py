@@ -22,7 +22,6 @@ from client.holdout import (
     HoldoutScores,
     PairedDifference,
     bootstrap_intervals,
-    macro_f1,
     paired_bootstrap,
     score_predictions,
 )
@@ -318,15 +317,14 @@ class Node:
     def _importance(self, model: nn.Module, view: FeatureView, facts: RunFacts) -> dict[str, Importance]:
         """Permutation importance on the holdout, per feature and per group of features:
         the drop in macro-F1 when the group's values are shuffled across records."""
-        y_true = self.cohort.y_holdout.cpu().numpy()
 
-        def score(frame: pd.DataFrame) -> float:
-            y_pred = predict(model, self.cohort.tensor(view.pipeline, frame)).cpu().numpy()
-            return macro_f1(y_true, y_pred, len(self.cohort.classes))
+        def predictions(frame: pd.DataFrame) -> np.ndarray:
+            return predict(model, self.cohort.tensor(view.pipeline, frame)).cpu().numpy()
 
         frame = self.cohort.holdout_frame
         groups = {**self._importance_groups(facts), **single_feature_groups(list(frame.columns))}
-        return permutation_importance(score, frame, groups,
+        return permutation_importance(predictions, frame, self.cohort.y_holdout.cpu().numpy(),
+                                      len(self.cohort.classes), groups,
                                       seed=round_seed(self.secret, facts.submission_id, -1),
                                       repeats=self.importance_repeats)
 

@@ -33,23 +33,34 @@ def _inputs(frame: pd.DataFrame) -> np.ndarray:
     return np.column_stack([frame[NUMERIC].to_numpy(), (frame["sex"] == "male").to_numpy()])
 
 
+CLASSES = ["Slow", "Medium", "Fast"]
+
+
+def _labels(frame: pd.DataFrame) -> np.ndarray:
+    return frame["progression"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+
+
+def importance(predict, holdout, groups, **kwargs):
+    return permutation_importance(predict, holdout, _labels(holdout), 3, groups, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def holdout_and_score():
-    """A logistic model fitted on separate records, and its macro-F1 on a 400-record holdout."""
+    """A 400-record holdout, and a logistic model fitted on separate records (class indices)."""
     rng = np.random.default_rng(0)
     train = _records(2000, rng)
-    model = LogisticRegression(C=100.0, max_iter=5000).fit(_inputs(train), train["progression"])
+    model = LogisticRegression(C=100.0, max_iter=5000).fit(_inputs(train), _labels(train))
 
-    def score(frame: pd.DataFrame) -> float:
-        return float(f1_score(frame["progression"], model.predict(_inputs(frame)), average="macro"))
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        return model.predict(_inputs(frame))
 
-    return _records(400, rng), score
+    return _records(400, rng), predict
 
 
 def test_a_label_set_by_one_column_makes_that_column_important_and_noise_not(holdout_and_score):
     holdout, score = holdout_and_score
-    assert score(holdout) > 0.9
-    importances = permutation_importance(score, holdout, single_feature_groups(holdout.columns), seed=0)
+    assert f1_score(_labels(holdout), score(holdout), average="macro") > 0.9
+    importances = importance(score, holdout, single_feature_groups(holdout.columns), seed=0)
     assert set(importances) == set(NUMERIC) | {"sex"}
     assert importances["gene_0"].mean > 0.4
     for noise in set(importances) - {"gene_0"}:
@@ -61,7 +72,7 @@ def test_the_groups_holding_the_deciding_column_are_important_and_the_others_not
     holdout, score = holdout_and_score
     gene_sets = {"signal": ["gene_0", "gene_2"], "noise": ["gene_1", "gene_3"]}
     groups = column_groups(holdout.columns, gene_sets)
-    importances = permutation_importance(score, holdout, groups, seed=0, repeats=3)
+    importances = importance(score, holdout, groups, seed=0, repeats=3)
     for important in ("genes", "set:signal"):
         assert importances[important].mean > 0.4, important
     for noise in ("clinical", "signatures", "sex", "set:noise"):
@@ -77,11 +88,12 @@ def test_a_group_is_permuted_jointly_and_nothing_else_moves():
     original = frame.copy()
     seen: list[pd.DataFrame] = []
 
-    def score(permuted: pd.DataFrame) -> float:
-        seen.append(permuted.copy())
-        return 0.0
+    def predict(permuted: pd.DataFrame) -> np.ndarray:
+        seen.extend(permuted.iloc[i:i + n].reset_index(drop=True) for i in range(0, len(permuted), n))
+        return np.zeros(len(permuted), dtype=int)
 
-    permutation_importance(score, frame, {"pair": ["gene_0", "gene_1", "sex"]}, seed=3, repeats=4)
+    permutation_importance(predict, frame, np.zeros(n, dtype=int), 3,
+                           {"pair": ["gene_0", "gene_1", "sex"]}, seed=3, repeats=4)
     pd.testing.assert_frame_equal(frame, original)
     pd.testing.assert_frame_equal(seen[0], original)  # the baseline
     for permuted in seen[1:]:
@@ -97,9 +109,9 @@ def test_a_group_is_permuted_jointly_and_nothing_else_moves():
 def test_the_same_seed_gives_the_same_importances(holdout_and_score):
     holdout, score = holdout_and_score
     groups = {"gene_0": ["gene_0"], "noise": ["gene_1", "clinical_0"]}
-    first = permutation_importance(score, holdout, groups, seed=7, repeats=3)
-    assert permutation_importance(score, holdout, groups, seed=7, repeats=3) == first
-    assert permutation_importance(score, holdout, groups, seed=8, repeats=3) != first
+    first = importance(score, holdout, groups, seed=7, repeats=3)
+    assert importance(score, holdout, groups, seed=7, repeats=3) == first
+    assert importance(score, holdout, groups, seed=8, repeats=3) != first
 
 
 def test_column_groups_are_prefixes_then_categoricals_then_gene_sets():
@@ -129,11 +141,11 @@ def test_a_gene_set_must_name_gene_columns_of_the_frame(gene_set):
 def test_bad_groups_and_repeats_are_refused_before_any_scoring(groups, repeats, rule):
     frame = pd.DataFrame({"gene_0": [0.25, 0.5], "progression": ["Slow", "Fast"]})
 
-    def score(permuted: pd.DataFrame) -> float:
+    def predict(permuted: pd.DataFrame) -> np.ndarray:
         raise AssertionError("scored before the inputs were checked")
 
     with pytest.raises(ValueError, match=rule) as error:
-        permutation_importance(score, frame, groups, seed=0, repeats=repeats)
+        permutation_importance(predict, frame, np.array([0, 2]), 3, groups, seed=0, repeats=repeats)
     assert "0.25" not in str(error.value) and "Slow" not in str(error.value)
 
 
@@ -150,3 +162,10 @@ def test_the_table_is_sorted_by_mean_and_the_figure_shows_the_top_bars():
     assert importance_table({}).empty
     with pytest.raises(ValueError, match="top"):
         importance_figure(table, top=0)
+
+
+def test_stacking_groups_in_batches_changes_nothing(holdout_and_score):
+    holdout, predict = holdout_and_score
+    groups = single_feature_groups(holdout.columns)
+    assert (importance(predict, holdout, groups, seed=4, repeats=2, batch=3)
+            == importance(predict, holdout, groups, seed=4, repeats=2, batch=64))

@@ -116,6 +116,9 @@ def test_fast_macro_f1_equals_sklearns():
     rng = np.random.default_rng(3)
     for n in (5, 128, 1000):
         y, y_pred = rng.integers(0, 3, n), rng.integers(0, 3, n)
-        assert np.isclose(macro_f1(y, y_pred, 3), score_predictions(y, y_pred, CLASSES).macro_f1)
-    assert macro_f1(np.array([0, 0]), np.array([0, 0]), 3) == score_predictions(
+        assert np.isclose(macro_f1(y, y_pred, 3)[0], score_predictions(y, y_pred, CLASSES).macro_f1)
+    assert macro_f1(np.array([0, 0]), np.array([0, 0]), 3)[0] == score_predictions(
         np.array([0, 0]), np.array([0, 0]), CLASSES).macro_f1
+    y, y_pred = rng.integers(0, 3, 300), rng.integers(0, 3, 300)  # three blocks of 100 records
+    blocks = [score_predictions(y[i:i + 100], y_pred[i:i + 100], CLASSES).macro_f1 for i in (0, 100, 200)]
+    np.testing.assert_allclose(macro_f1(y, y_pred, 3, blocks=3), blocks)
