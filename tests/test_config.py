@@ -108,3 +108,14 @@ def test_hydra_override_reaches_the_strategy():
 def test_unknown_key_is_refused():
     with pytest.raises(Exception, match="no_such_key"):
         compose_config(["workspace.no_such_key=1"])
+
+
+def test_every_run_config_key_is_declared_in_the_flower_app():
+    """Flower's deployment engine refuses a run config with undeclared keys ('Invalid run
+    configuration'), which only the slow tier would otherwise notice."""
+    import tomllib
+
+    project = tomllib.loads((CONF_DIR.parent / "pyproject.toml").read_text())
+    declared = project["tool"]["flwr"]["app"]["config"]
+    sub = submission_from_config(compose_config(["model=linear"]))
+    assert set(sub.to_run_config()) == set(declared)
