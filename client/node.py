@@ -283,7 +283,8 @@ class Node:
             classes=self.cohort.classes, usage=self._usage_metrics(facts, usage.submissions, usage.flops))
         try:  # the score is recorded; what follows explains it, and must not fail the run
             record.write_comparisons(self._compare(predictions, facts.submission_id))
-            record.write_importance(self._importance(model, view, facts), self._importance_groups(facts))
+            groups = self._importance_groups(facts)
+            record.write_importance(self._importance(model, view, groups, facts.submission_id), groups)
         except Exception:
             log.exception("comparisons or importance of a closed run could not be recorded")
         return self._acknowledge()
@@ -314,7 +315,8 @@ class Node:
                                         seed=round_seed(self.secret, submission_id, 0))
         return score_predictions(y_true, y_pred, self.cohort.classes, intervals)
 
-    def _importance(self, model: nn.Module, view: FeatureView, facts: RunFacts) -> dict[str, Importance]:
+    def _importance(self, model: nn.Module, view: FeatureView, groups: dict[str, list[str]],
+                    submission_id: str) -> dict[str, Importance]:
         """Permutation importance on the holdout, per feature and per group of features:
         the drop in macro-F1 when the group's values are shuffled across records."""
 
@@ -322,10 +324,10 @@ class Node:
             return predict(model, self.cohort.tensor(view.pipeline, frame)).cpu().numpy()
 
         frame = self.cohort.holdout_frame
-        groups = {**self._importance_groups(facts), **single_feature_groups(list(frame.columns))}
         return permutation_importance(predictions, frame, self.cohort.y_holdout.cpu().numpy(),
-                                      len(self.cohort.classes), groups,
-                                      seed=round_seed(self.secret, facts.submission_id, -1),
+                                      len(self.cohort.classes),
+                                      {**groups, **single_feature_groups(list(frame.columns))},
+                                      seed=round_seed(self.secret, submission_id, -1),
                                       repeats=self.importance_repeats)
 
     def _importance_groups(self, facts: RunFacts) -> dict[str, list[str]]:
