@@ -12,7 +12,10 @@ computing, so two at a time on two cores nearly halve the demo's time.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -85,7 +88,7 @@ class Workspace:
                 outcomes.append(self.close_run(submission, error))
             return outcomes
         context = multiprocessing.get_context("spawn")  # each run its own engine and Ray
-        with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=os.setsid) as pool:
             futures = {pool.submit(simulate, s, self.node, self.verbose,
                                    progress(s) if progress else None): s for s in opened}
             try:
@@ -95,9 +98,12 @@ class Workspace:
                     except Exception as ex:  # the worker process died: the run failed all the same
                         error = f"{type(ex).__name__}: {ex}"
                     outcomes.append(self.close_run(futures[future], error))
-            except BaseException:  # interrupted: stop the runs' processes (their Ray goes with them)
-                for worker in list(pool._processes.values()):  # no public API before Python 3.14
-                    worker.terminate()
+            except BaseException:  # interrupted: start no further run, stop the running ones
+                workers = list(pool._processes.values())  # no public API before Python 3.14
+                pool.shutdown(wait=False, cancel_futures=True)
+                for worker in workers:
+                    with contextlib.suppress(ProcessLookupError):  # each worker leads its own group:
+                        os.killpg(worker.pid, signal.SIGKILL)  # its Ray's processes go with it
                 raise
         return outcomes
 

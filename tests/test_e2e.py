@@ -120,7 +120,7 @@ def test_progress_and_ui_hint_are_printed(finished_run):
 
 
 def test_no_engine_process_is_left_running(finished_run):
-    left = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ClientAppActor"],
+    left = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server|ClientAppActor"],
                           capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout
 
