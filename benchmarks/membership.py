@@ -25,9 +25,9 @@ from client.holdout import score_predictions
 from client.node import ResidentCohort
 from client.privacy import PrivacyPolicy, epsilon, round_entry, train_local_dp
 from client.settings import NodeSettings
-from client.synthetic import generate_cohort
 from client.training import FlopMeter, TrainConfig, predict, train_local
 from models import ModelSpec, build_model
+from synthetic.disease import generate_cohort
 
 
 @torch.no_grad()

@@ -23,16 +23,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from client.node import ResidentCohort  # noqa: E402
 from client.settings import NodeSettings  # noqa: E402
-from client.synthetic import generate_cohort  # noqa: E402
 from client.training import FlopMeter, TrainConfig, train_local  # noqa: E402
+from contract.submission import Submission  # noqa: E402
 from models import ModelSpec, build_model  # noqa: E402
-from server.submission import Submission  # noqa: E402
 from server.workspace import Workspace, simulate  # noqa: E402
+from synthetic.disease import generate_cohort  # noqa: E402
 
 
 def federated(node: NodeSettings, submission: Submission) -> dict[str, float | list[float]]:
     """Timestamps of one Flower run's phases and rounds."""
-    stamps: dict[str, list[float]] = {"oob": [], "round": [], "final": []}
+    stamps: dict[str, list[float]] = {"out_of_the_box": [], "round": [], "fine_tuned": []}
     workspace = Workspace(node, "overhead-benchmark")
     opened = workspace.open_run(submission, batch="benchmark")
     started = time.perf_counter()
@@ -43,8 +43,9 @@ def federated(node: NodeSettings, submission: Submission) -> dict[str, float | l
     if error:
         raise RuntimeError(error)
     rounds = stamps["round"]  # round 0 (start) then one stamp after each round
-    return {"startup": stamps["oob"][0] - started, "per_round": [b - a for a, b in pairwise(rounds)],
-            "final": stamps["final"][0] - rounds[-1], "after_final": finished - stamps["final"][0],
+    return {"startup": stamps["out_of_the_box"][0] - started,
+            "per_round": [b - a for a, b in pairwise(rounds)],
+            "final": stamps["fine_tuned"][0] - rounds[-1], "after_final": finished - stamps["fine_tuned"][0],
             "total": finished - started}
 
 

@@ -51,14 +51,15 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from client.cohort import load_cohort, split_cohort  # noqa: E402
-from client.schema import SCHEMA  # noqa: E402
-from client.synthetic import CLASS_COUNTS, generate_cohort, public_gene_sets, true_posterior  # noqa: E402
 from client.training import FlopMeter, TrainConfig, predict, train_local  # noqa: E402
-from models import build_model  # noqa: E402
-from models.pipeline import FeaturePipeline, FeatureSpec  # noqa: E402
-from server.config import load_plan  # noqa: E402
+from contract.schema import SCHEMA  # noqa: E402
+from contract.submission import Submission  # noqa: E402
+from models import build_for  # noqa: E402
+from models.pipeline import FeatureSpec  # noqa: E402
+from server.config import load_job  # noqa: E402
 from server.leaderboard import read_leaderboard  # noqa: E402
-from server.submission import Submission  # noqa: E402
+from synthetic.disease import CLASS_COUNTS, generate_cohort, public_gene_sets, true_posterior  # noqa: E402
+from synthetic.pretraining import with_pretrained_weights  # noqa: E402
 
 FAST = SCHEMA.classes.index("Fast")
 LARGE = 10_000
@@ -105,15 +106,14 @@ def gene_sets_approach() -> object:
 def central(sub: Submission, train: pd.DataFrame, y_train: np.ndarray, evaluations: dict[str, pd.DataFrame],
             seed: int) -> dict[str, np.ndarray]:
     """A reference trained in a plain loop, with the federated run's pipeline, weights and schedule;
-    returns predictions per evaluation frame, and out of the box under ``oob:<name>``."""
-    pipeline = FeaturePipeline(sub.features, SCHEMA.numeric, SCHEMA.categorical).fit(train)
-    inputs = pipeline.feature_names
-    model = build_model(sub.model, len(inputs), len(SCHEMA.classes), sub.seed, feature_names=inputs)
+    returns predictions per evaluation frame, and out of the box under ``out_of_the_box:<name>``."""
+    pipeline = SCHEMA.pipeline(sub.features).fit(train)
+    model = build_for(sub.model, pipeline, len(SCHEMA.classes), sub.seed)
     if sub.initial_weights:
         with np.load(io.BytesIO(base64.b64decode(sub.initial_weights))) as npz:
             model.load_state_dict({k: torch.from_numpy(npz[k]) for k in npz.files})
     x = {name: torch.from_numpy(pipeline.transform(frame)) for name, frame in evaluations.items()}
-    out = {f"oob:{name}": predict(model, xs).numpy() for name, xs in x.items()}
+    out = {f"out_of_the_box:{name}": predict(model, xs).numpy() for name, xs in x.items()}
     x_train, y = torch.from_numpy(pipeline.transform(train)), torch.from_numpy(y_train)
     lr, decay = sub.lr, float(sub.strategy.get("lr_decay", 1.0))
     for server_round in range(1, sub.num_rounds + 1):
@@ -136,7 +136,7 @@ def federated(seed: int, folder: Path) -> dict[str, tuple[float, float, float]]:
     if done.returncode != 0:
         raise RuntimeError(f"demo on seed {seed} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     rows = read_leaderboard(f"sqlite:///{folder}/mlflow.db", "cohortfl-leaderboard")
-    return {r.contributor: (r.out_of_the_box, r.fine_tuned, r.fast_recall) for r in rows}
+    return {r.contributor: (r.out_of_the_box, r.fine_tuned, r.reported_recall) for r in rows}
 
 
 def noise_floor(y_large: np.ndarray, y_pred: np.ndarray, draws: int = 500) -> float:
@@ -163,7 +163,7 @@ def main() -> None:
     scale = LARGE / sum(CLASS_COUNTS.values())
     large = generate_cohort(seed=99_999, class_counts={c: round(n * scale) for c, n in CLASS_COUNTS.items()})
     y_large = SCHEMA.label_indices(large[SCHEMA.label_column])
-    # rows: method -> list over seeds of {"holdout": (f1, fast), "large": (f1, fast), "oob": f1}
+    # rows: method -> list over seeds of {"holdout": (f1, fast), "large": (f1, fast), "out_of_the_box": f1}
     results: dict[str, list[dict]] = defaultdict(list)
     gaps: dict[str, list[float]] = defaultdict(list)
     on_large: dict[str, np.ndarray] = {}
@@ -181,9 +181,10 @@ def main() -> None:
             frames = {"holdout": holdout, "large": large}
             truth = {"holdout": y_holdout, "large": y_large}
 
-            def record(name: str, predictions: dict[str, np.ndarray], oob: float | None = None,
+            def record(name: str, predictions: dict[str, np.ndarray], out_of_the_box: float | None = None,
                        truth: dict[str, np.ndarray] = truth) -> None:
-                results[name].append({k: scores(truth[k], predictions[k]) for k in truth} | {"oob": oob})
+                results[name].append({k: scores(truth[k], predictions[k]) for k in truth}
+                                     | {"out_of_the_box": out_of_the_box})
                 on_large.setdefault(name, predictions["large"])  # the first seed's model
 
             record("Bayes-optimal (true posterior)", {
@@ -192,22 +193,24 @@ def main() -> None:
             for name, model in standard_approaches().items():
                 model.fit(raw_matrix(train), y_train)
                 record(name, {k: model.predict(raw_matrix(f)) for k, f in frames.items()})
-            pipeline = FeaturePipeline(GENE_SETS_SPEC, SCHEMA.numeric, SCHEMA.categorical).fit(train)
+            pipeline = SCHEMA.pipeline(GENE_SETS_SPEC).fit(train)
             model = gene_sets_approach().fit(pipeline.transform(train), y_train)
             record("gene sets + interactions (LR, no pretraining)",
                    {k: model.predict(pipeline.transform(f)) for k, f in frames.items()})
 
-            plan = load_plan([f"cohort.seed={seed}", f"output_dir={folder}"], demo=True)
-            for sub in plan.submissions:
+            job = load_job([f"cohort.seed={seed}", f"output_dir={folder}"], demo=True)
+            submissions = [with_pretrained_weights(e.submission, e.pretraining, folder / "pretrained")
+                           if e.pretraining else e.submission for e in job.entries]
+            for sub in submissions:
                 out = central(sub, train, y_train, frames, seed)
                 name = f"{sub.contributor} central ({sub.model.name})"
-                record(name, out, oob=scores(y_holdout, out["oob:holdout"])[0])
+                record(name, out, out_of_the_box=scores(y_holdout, out["out_of_the_box:holdout"])[0])
             if not args.no_federated:
-                for contributor, (oob, f1, fast) in federated(seed, folder).items():
+                for contributor, (out_of_the_box, f1, fast) in federated(seed, folder).items():
                     results[f"{contributor} federated"].append(
-                        {"holdout": (f1, fast), "large": (np.nan, np.nan), "oob": oob})
+                        {"holdout": (f1, fast), "large": (np.nan, np.nan), "out_of_the_box": out_of_the_box})
                     central_f1 = results[f"{contributor} central " + next(
-                        f"({s.model.name})" for s in plan.submissions if s.contributor == contributor)][-1]
+                        f"({s.model.name})" for s in submissions if s.contributor == contributor)][-1]
                     gaps[contributor].append(f1 - central_f1["holdout"][0])
             print(f"seed {seed} done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
 
@@ -233,7 +236,8 @@ def print_tables(results: dict[str, list[dict]], gaps: dict[str, list[float]], n
           f"10k-draw macro-F1 | 10k-draw Fast recall |  (mean ± sd over {n_seeds} cohort seeds)")
     print("|---|---|---|---|---|---|")
     for name, rows in results.items():
-        print(f"| {name} | {cell([r['oob'] for r in rows])} | {cell([r['holdout'][0] for r in rows])} | "
+        print(f"| {name} | {cell([r['out_of_the_box'] for r in rows])} | "
+              f"{cell([r['holdout'][0] for r in rows])} | "
               f"{cell([r['holdout'][1] for r in rows])} | {cell([r['large'][0] for r in rows])} | "
               f"{cell([r['large'][1] for r in rows])} |")
     if gaps:

@@ -3,8 +3,8 @@
 Message types it answers (anything else is refused by Flower):
 
 - ``train``: one round of local training; replies model arrays + aggregate scalars;
-- ``query.holdout_oob``: score the submitted model before training (official record);
-- ``query.holdout_final``: score the fine-tuned model and close the run.
+- ``query.holdout_out_of_the_box``: score the submitted model before training (official record);
+- ``query.holdout_fine_tuned``: score the fine-tuned model and close the run.
 
 Every handler runs the same guard: node errors travel to the server as rule
 names; any other exception is logged on the node and replaced by a message
@@ -22,12 +22,14 @@ from flwr.clientapp import ClientApp
 from client.errors import NodeError
 from client.ledger import NodeLedger
 from client.node import Node
-from client.runfacts import RunFacts
+from client.policy import read_submission
 from client.settings import NodeSettings
+from contract.names import HOLDOUT_FINE_TUNED, HOLDOUT_OUT_OF_THE_BOX
+from contract.submission import Submission, run_config_key
 
 log = logging.getLogger("cohortfl.node")
 
-Action = Callable[[Node, RecordDict, RunFacts], RecordDict]
+Action = Callable[[Node, RecordDict, Submission], RecordDict]
 
 
 def build_client_app(settings: NodeSettings | None = None) -> ClientApp:
@@ -45,13 +47,13 @@ def build_client_app(settings: NodeSettings | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         return _serve(msg, context, settings, Node.train, "train")
 
-    @app.query("holdout_oob")
-    def holdout_oob(msg: Message, context: Context) -> Message:
+    @app.query(HOLDOUT_OUT_OF_THE_BOX.removeprefix("query."))
+    def holdout_out_of_the_box(msg: Message, context: Context) -> Message:
         return _serve(msg, context, settings, Node.score_out_of_the_box, "holdout out of the box")
 
-    @app.query("holdout_final")
-    def holdout_final(msg: Message, context: Context) -> Message:
-        return _serve(msg, context, settings, Node.score_final, "final holdout")
+    @app.query(HOLDOUT_FINE_TUNED.removeprefix("query."))
+    def holdout_fine_tuned(msg: Message, context: Context) -> Message:
+        return _serve(msg, context, settings, Node.score_fine_tuned, "fine-tuned holdout")
 
     return app
 
@@ -61,8 +63,8 @@ def _serve(msg: Message, context: Context, settings: NodeSettings | None, action
     """Run one node action under the guard; every reply that leaves -- records or
     error text -- goes into the export ledger first."""
     settings = settings or NodeSettings.from_node_config(context.node_config)
-    who = (str(context.run_config.get("contributor", "?")),
-           str(context.run_config.get("submission-id", "?")), msg.metadata.message_type)
+    who = (str(context.run_config.get(run_config_key("contributor"), "?")),
+           str(context.run_config.get(run_config_key("submission_id"), "?")), msg.metadata.message_type)
     try:
         node = Node.for_settings(settings)
     except Exception:  # the cohort's or the state's problems are the operator's, and may quote data
@@ -70,7 +72,7 @@ def _serve(msg: Message, context: Context, settings: NodeSettings | None, action
         raise _refuse(NodeLedger(settings.ledger_path), who, NodeError(
             "the node cannot load its cohort or state; the node operator has the details")) from None
     try:
-        reply = action(node, msg.content, RunFacts.from_run_config(context.run_config))
+        reply = action(node, msg.content, read_submission(context.run_config))
     except NodeError as ex:
         raise _refuse(node.ledger, who, ex) from None
     except Exception:  # anything else may quote data: log here, send no detail

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from client.errors import CohortValidationError
-from client.schema import SCHEMA, CohortSchema
+from contract.schema import SCHEMA, CohortSchema
 
 _READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
+from contract.names import Moment, holdout_metric, interval_metrics
+from contract.values import PairedDifference
+
+#: 95% intervals keyed by (measure, class name or None).
+Intervals = dict[tuple[str, str | None], tuple[float, float]]
+
 
 @dataclass(frozen=True)
 class HoldoutScores:
@@ -25,7 +31,8 @@ class HoldoutScores:
     n_records : int
         Holdout records scored.
     intervals : dict, optional
-        95% bootstrap intervals: ``macro_f1`` and ``recall_<class name, lower case>``.
+        95% bootstrap intervals keyed by (measure, class or None): ``("macro_f1", None)``
+        and ``("recall", class name)``.
     """
 
     macro_f1: float
@@ -34,21 +41,23 @@ class HoldoutScores:
     f1: dict[str, float]
     confusion: np.ndarray
     n_records: int
-    intervals: dict[str, tuple[float, float]] | None = None
+    intervals: Intervals | None = None
 
-    def as_metrics(self, prefix: str) -> dict[str, float]:
-        """Flat metric names, e.g. ``holdout_macro_f1``, ``holdout_recall_fast``."""
-        metrics = {f"{prefix}_macro_f1": self.macro_f1, f"{prefix}_accuracy": self.accuracy}
+    def as_metrics(self, moment: Moment) -> dict[str, float]:
+        """Flat metric names, e.g. ``holdout_fine_tuned_macro_f1``, ``..._recall_fast``."""
+        metrics = {holdout_metric(moment, "macro_f1"): self.macro_f1,
+                   holdout_metric(moment, "accuracy"): self.accuracy}
         for name in self.recall:
-            metrics[f"{prefix}_recall_{name.lower()}"] = self.recall[name]
-            metrics[f"{prefix}_f1_{name.lower()}"] = self.f1[name]
-        for name, (low, high) in (self.intervals or {}).items():
-            metrics[f"{prefix}_{name}_ci95_low"], metrics[f"{prefix}_{name}_ci95_high"] = low, high
+            metrics[holdout_metric(moment, "recall", name)] = self.recall[name]
+            metrics[holdout_metric(moment, "f1", name)] = self.f1[name]
+        for (measure, klass), (low, high) in (self.intervals or {}).items():
+            metrics.update(zip(interval_metrics(holdout_metric(moment, measure, klass)), (low, high),
+                               strict=True))
         return metrics
 
 
 def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...],
-                      intervals: dict[str, tuple[float, float]] | None = None) -> HoldoutScores:
+                      intervals: Intervals | None = None) -> HoldoutScores:
     """Compute the holdout metrics from true and predicted class indices.
 
     Parameters
@@ -58,7 +67,7 @@ def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str
     classes : tuple of str
         Class names, in index order.
     intervals : dict, optional
-        From ``bootstrap_intervals``; ``recall_<index>`` keys are renamed by class.
+        From ``bootstrap_intervals``.
     """
     labels = list(range(len(classes)))
     recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
@@ -70,20 +79,12 @@ def score_predictions(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str
         f1={c: float(v) for c, v in zip(classes, f1, strict=False)},
         confusion=confusion_matrix(y_true, y_pred, labels=labels),
         n_records=len(y_true),
-        intervals={_class_key(name, classes): value for name, value in intervals.items()}
-        if intervals else None,
+        intervals=intervals,
     )
 
 
-def _class_key(name: str, classes: tuple[str, ...]) -> str:
-    """``recall_2`` -> ``recall_fast``; other names unchanged."""
-    if name.startswith("recall_") and name[7:].isdigit():
-        return f"recall_{classes[int(name[7:])].lower()}"
-    return name
-
-
-def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, seed: int,
-                        resamples: int = 2000, level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...], seed: int,
+                        resamples: int = 2000, level: float = 0.95) -> Intervals:
     """Percentile bootstrap intervals of macro-F1 and per-class recall over holdout records.
 
     Records are resampled with replacement; every resample's confusion counts are
@@ -100,37 +101,14 @@ def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, 
     Returns
     -------
     dict
-        ``"macro_f1"`` and ``"recall_<index>"`` -> (low, high).
+        ``("macro_f1", None)`` and ``("recall", class name)`` -> (low, high).
     """
     picks = _resample_picks(len(y_true), seed, resamples)
-    macro_f1, recall = _resampled_scores(y_true, y_pred, n_classes, picks)
-    intervals = {"macro_f1": _percentile_interval(macro_f1, level)}
-    for k in range(n_classes):
-        intervals[f"recall_{k}"] = _percentile_interval(recall[:, k], level)
+    macro_f1, recall = _resampled_scores(y_true, y_pred, len(classes), picks)
+    intervals: Intervals = {("macro_f1", None): _percentile_interval(macro_f1, level)}
+    for k, name in enumerate(classes):
+        intervals["recall", name] = _percentile_interval(recall[:, k], level)
     return intervals
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Macro-F1 of model a minus that of model b on the same holdout, with its interval.
-
-    Attributes
-    ----------
-    difference : float
-        ``macro_f1(a) - macro_f1(b)`` on the full holdout.
-    low, high : float
-        Percentile bootstrap interval of the difference, both models scored on the
-        same resampled records each time.
-    """
-
-    difference: float
-    low: float
-    high: float
-
-    @property
-    def within_noise(self) -> bool:
-        """Whether the interval holds 0: the holdout cannot tell the two models apart."""
-        return self.low <= 0.0 <= self.high
 
 
 def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int,

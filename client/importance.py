@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from client.holdout import macro_f1
-from client.schema import ID_COLUMN, LABEL_COLUMN
+from contract.schema import ID_COLUMN, LABEL_COLUMN
 
 GENE_PREFIX, CLINICAL_PREFIX, SIGNATURE_PREFIX = "gene_", "clinical_", "signature_"
 _PREFIX_GROUPS: dict[str, str] = {"genes": GENE_PREFIX, "clinical": CLINICAL_PREFIX,

@@ -3,7 +3,7 @@
 Four tables, each written in its own transaction:
 
 - ``submissions``: one row per run a contributor opened on this node, with the
-  run's phase (new, scored-oob, training, closed): phases survive a restarted
+  run's phase (new, scored-out-of-the-box, training, closed): phases survive a restarted
   node, a retried message or a second Flower run naming the same submission;
 - ``rounds``: each training round of a run (once per round number), with the
   FLOPs and device seconds charged to the contributor, failed rounds included,
@@ -36,7 +36,7 @@ from client.errors import PhaseViolation, PolicyViolation
 from client.privacy import Entry, epsilon
 
 #: Phases of a submission, in order.
-NEW, SCORED_OOB, TRAINING, CLOSED = "new", "scored-oob", "training", "closed"
+NEW, SCORED_OUT_OF_THE_BOX, TRAINING, CLOSED = "new", "scored-out-of-the-box", "training", "closed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
@@ -154,7 +154,7 @@ class NodeLedger:
                 raise PolicyViolation("submission-limit",
                                       f"{used.submissions} of {limit} submissions used; none left")
             db.execute("INSERT INTO submissions VALUES (?, ?, ?, ?)",
-                       (run_id, contributor, time.time(), SCORED_OOB))
+                       (run_id, contributor, time.time(), SCORED_OUT_OF_THE_BOX))
             return Usage(used.submissions + 1, used.flops, used.device_seconds)
 
     def advance(self, run_id: str, allowed: tuple[str, ...], to: str, action: str) -> None:
@@ -179,7 +179,7 @@ class NodeLedger:
             the round would take the contributor's epsilon over budget).
         """
         with self._write() as db:
-            self._require(self._phase(db, run_id), (SCORED_OOB, TRAINING), "train")
+            self._require(self._phase(db, run_id), (SCORED_OUT_OF_THE_BOX, TRAINING), "train")
             if db.execute("SELECT 1 FROM rounds WHERE run_id = ? AND server_round = ?",
                           (run_id, server_round)).fetchone():
                 raise PolicyViolation("round-once", "each round number trains once per submission")

@@ -20,7 +20,6 @@ from client.cohort import load_cohort, split_cohort
 from client.errors import PolicyViolation
 from client.holdout import (
     HoldoutScores,
-    PairedDifference,
     bootstrap_intervals,
     paired_bootstrap,
     score_predictions,
@@ -28,8 +27,6 @@ from client.holdout import (
 from client.importance import Importance, column_groups, permutation_importance, single_feature_groups
 from client.ledger import CLOSED, TRAINING, NodeLedger
 from client.policy import (
-    HOLDOUT_METRIC_KEYS,
-    TRAIN_METRIC_KEYS,
     check_arrays,
     check_content_keys,
     check_model,
@@ -39,10 +36,12 @@ from client.policy import (
 )
 from client.privacy import check_dp_model, round_entry, train_local_dp
 from client.record import OfficialRecord
-from client.runfacts import RunFacts
 from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
-from models import build_model
+from contract.names import HOLDOUT_REPLY_KEYS, TRAIN_REPLY_KEYS, ReplyKey, UsageMetric
+from contract.submission import Submission
+from contract.values import PairedDifference
+from models import build_for
 from models.pipeline import FeaturePipeline, FeatureSpec
 
 log = logging.getLogger("cohortfl.node")
@@ -186,44 +185,44 @@ class Node:
             node = cls._instances[settings] = cls(settings)
         return node
 
-    def build(self, facts: RunFacts) -> tuple[nn.Module, dict[str, tuple[int, ...]], FeatureView]:
+    def build(self, run: Submission) -> tuple[nn.Module, dict[str, tuple[int, ...]], FeatureView]:
         """The run's model on the device, the array shapes it accepts and returns, and the
         features it reads."""
         n_classes = len(self.cohort.classes)
-        inputs = feature_pipeline(facts.features, self.cohort.schema).feature_names
-        check_model(facts.model, self.settings.policy, inputs, n_classes)  # before any data is read
-        view = self.cohort.view(facts.features)
-        model = build_model(facts.model, len(inputs), n_classes, facts.seed, feature_names=inputs)
+        pipeline = feature_pipeline(run.features, self.cohort.schema)
+        check_model(run.model, self.settings.policy, pipeline, n_classes)  # before any data is read
+        view = self.cohort.view(run.features)
+        model = build_for(run.model, view.pipeline, n_classes, run.seed)
         model = model.to(self.cohort.device)
         return model, {k: tuple(v.shape) for k, v in model.state_dict().items()}, view
 
-    def _load(self, content: RecordDict, facts: RunFacts, allowed: set[str]
+    def _load(self, content: RecordDict, run: Submission, allowed: set[str]
               ) -> tuple[nn.Module, dict[str, tuple[int, ...]], FeatureView]:
         """Validate incoming arrays and load them into a fresh model; return it, its shapes
         and its features."""
         check_content_keys(content, allowed, "message-records")
-        model, shapes, view = self.build(facts)
+        model, shapes, view = self.build(run)
         check_arrays(content.get("arrays"), shapes, self.settings.policy)
         state = content["arrays"].to_torch_state_dict()
         model.load_state_dict({k: v.to(self.cohort.device, torch.float32) for k, v in state.items()})
         return model, shapes, view
 
-    def train(self, content: RecordDict, facts: RunFacts) -> RecordDict:
+    def train(self, content: RecordDict, run: Submission) -> RecordDict:
         """One round: validate, reserve it in the ledger, train, charge it, reply."""
         policy, n_train = self.settings.policy, len(self.cohort.y_train)
-        model, shapes, view = self._load(content, facts, {"arrays", "config"})
+        model, shapes, view = self._load(content, run, {"arrays", "config"})
         parsed = parse_train_config(content.get("config"), policy)
         if parsed.batch_size > n_train:
             raise PolicyViolation("batch-size-range", "at most the number of training records")
-        config = replace(parsed, seed=round_seed(self.secret, facts.submission_id, parsed.server_round))
+        config = replace(parsed, seed=round_seed(self.secret, run.submission_id, parsed.server_round))
         privacy = policy.privacy
         if privacy and config.proximal_mu > 0:
             raise PolicyViolation("dp-proximal", "no proximal term under DP-SGD (it is not clipped)")
         if privacy:
             check_dp_model(model)
         self.ledger.begin_round(
-            facts.contributor, facts.submission_id, config.server_round,
-            min(facts.num_rounds, policy.rounds_max),
+            run.contributor, run.submission_id, config.server_round,
+            min(run.num_rounds, policy.rounds_max),
             expected_flops(model, n_train, config, self.meter) if not privacy else 0,
             policy.compute_budget_flops,
             (round_entry(n_train, config, privacy), privacy.delta, privacy.epsilon_budget)
@@ -234,28 +233,28 @@ class Node:
             result = (train_local_dp(model, x, y, config, self.meter, privacy) if privacy
                       else train_local(model, x, y, config, self.meter))
         finally:  # a failed round is charged too
-            self.ledger.finish_round(facts.submission_id, config.server_round,
+            self.ledger.finish_round(run.submission_id, config.server_round,
                                      result.loss if result else None, self.meter.total - flops_before,
                                      result.device_seconds if result else time.perf_counter() - started)
         reply = RecordDict({
             "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
             "metrics": MetricRecord({
-                "train-loss": result.loss, "num-examples": result.num_examples,
-                "compute-flops": result.flops, "device-seconds": result.device_seconds,
+                ReplyKey.TRAIN_LOSS: result.loss, ReplyKey.NUM_EXAMPLES: result.num_examples,
+                ReplyKey.COMPUTE_FLOPS: result.flops, ReplyKey.DEVICE_SECONDS: result.device_seconds,
             }),
         })
-        check_reply(reply, shapes, TRAIN_METRIC_KEYS, policy)
+        check_reply(reply, shapes, TRAIN_REPLY_KEYS, policy)
         return reply
 
-    def score_out_of_the_box(self, content: RecordDict, facts: RunFacts) -> RecordDict:
+    def score_out_of_the_box(self, content: RecordDict, run: Submission) -> RecordDict:
         """Claim the run's out-of-the-box moment, score the submitted model, record it."""
-        record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
-        model, _, view = self._load(content, facts, {"arrays"})
-        usage = self.ledger.open_submission(facts.contributor, facts.submission_id,
+        record = OfficialRecord(self.settings.tracking_uri, run.submission_id)
+        model, _, view = self._load(content, run, {"arrays"})
+        usage = self.ledger.open_submission(run.contributor, run.submission_id,
                                             self.settings.policy.submissions_max)
         record.write_out_of_the_box(
-            self._score(self._predict_holdout(model, view), facts.submission_id),
-            usage=self._usage_metrics(facts, usage.submissions, usage.flops),
+            self._score(self._predict_holdout(model, view), run.submission_id),
+            usage=self._usage_metrics(run, usage.submissions, usage.flops),
             params={"cohort_digest": self.cohort.digest,
                     "n_train": str(len(self.cohort.y_train)),
                     "n_holdout": str(len(self.cohort.y_holdout)),
@@ -265,43 +264,46 @@ class Node:
                                               if self.cohort.device.type == "cuda" else 0)})
         return self._acknowledge()
 
-    def score_final(self, content: RecordDict, facts: RunFacts) -> RecordDict:
+    def score_fine_tuned(self, content: RecordDict, run: Submission) -> RecordDict:
         """Close the run, then score the fine-tuned model and write it with the training
         curve and the compute used; then its paired comparisons with earlier runs and its
         permutation importance. Closing first: a run is never scored twice."""
-        record = OfficialRecord(self.settings.tracking_uri, facts.submission_id)
-        model, _, view = self._load(content, facts, {"arrays"})
-        self.ledger.advance(facts.submission_id, (TRAINING,), CLOSED, "final holdout")
-        rounds = self.ledger.rounds(facts.submission_id)
-        usage = self.ledger.usage(facts.contributor)
+        record = OfficialRecord(self.settings.tracking_uri, run.submission_id)
+        model, _, view = self._load(content, run, {"arrays"})
+        self.ledger.advance(run.submission_id, (TRAINING,), CLOSED, "final holdout")
+        rounds = self.ledger.rounds(run.submission_id)
+        usage = self.ledger.usage(run.contributor)
         predictions = self._predict_holdout(model, view)
         record.write_final(
-            self._score(predictions, facts.submission_id),
+            self._score(predictions, run.submission_id),
             rounds=[r for r, loss, _, _ in rounds if loss is not None],
             losses=[loss for _, loss, _, _ in rounds if loss is not None],
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
-            classes=self.cohort.classes, usage=self._usage_metrics(facts, usage.submissions, usage.flops))
+            classes=self.cohort.classes, usage=self._usage_metrics(run, usage.submissions, usage.flops))
         try:  # the score is recorded; what follows explains it, and must not fail the run
-            record.write_comparisons(self._compare(predictions, facts.submission_id))
-            groups = self._importance_groups(facts)
-            record.write_importance(self._importance(model, view, groups, facts.submission_id), groups)
+            record.write_comparisons(self._compare(predictions, run.submission_id))
+            groups = self._importance_groups(run)
+            record.write_importance(self._importance(model, view, groups, run.submission_id), groups)
         except Exception:
             log.exception("comparisons or importance of a closed run could not be recorded")
         return self._acknowledge()
 
-    def _usage_metrics(self, facts: RunFacts, submissions: int, flops: int) -> dict[str, float]:
+    def _usage_metrics(self, run: Submission, submissions: int, flops: int) -> dict[str, float]:
         """The contributor's budgets (compute, submissions, privacy), from the node's ledger."""
         policy = self.settings.policy
-        usage = {"budget_compute_used_pf": flops / 1e15, "budget_compute_pf": policy.compute_budget_pf,
-                 "budget_submissions_used": float(submissions),
-                 "budget_submissions_limit": float(policy.submissions_max)}
-        usage["exported_replies"], usage["exported_bytes"] = map(
-            float, self.ledger.export_totals(facts.submission_id))
+        replies, sent = self.ledger.export_totals(run.submission_id)
+        usage = {UsageMetric.BUDGET_COMPUTE_USED_PF: flops / 1e15,
+                 UsageMetric.BUDGET_COMPUTE_PF: policy.compute_budget_pf,
+                 UsageMetric.BUDGET_SUBMISSIONS_USED: float(submissions),
+                 UsageMetric.BUDGET_SUBMISSIONS_LIMIT: float(policy.submissions_max),
+                 UsageMetric.EXPORTED_REPLIES: float(replies), UsageMetric.EXPORTED_BYTES: float(sent)}
         if policy.privacy:
-            usage.update(privacy_epsilon=self.ledger.privacy_spent(facts.contributor, policy.dp_delta),
-                         privacy_delta=policy.dp_delta, privacy_epsilon_budget=policy.dp_epsilon_budget,
-                         privacy_noise_multiplier=policy.dp_noise_multiplier,
-                         privacy_max_grad_norm=policy.dp_max_grad_norm)
+            usage.update({
+                UsageMetric.PRIVACY_EPSILON: self.ledger.privacy_spent(run.contributor, policy.dp_delta),
+                UsageMetric.PRIVACY_DELTA: policy.dp_delta,
+                UsageMetric.PRIVACY_EPSILON_BUDGET: policy.dp_epsilon_budget,
+                UsageMetric.PRIVACY_NOISE_MULTIPLIER: policy.dp_noise_multiplier,
+                UsageMetric.PRIVACY_MAX_GRAD_NORM: policy.dp_max_grad_norm})
         return usage
 
     def _predict_holdout(self, model: nn.Module, view: FeatureView) -> np.ndarray:
@@ -311,7 +313,7 @@ class Node:
     def _score(self, y_pred: np.ndarray, submission_id: str) -> HoldoutScores:
         """Holdout metrics of predictions, with 95% bootstrap intervals."""
         y_true = self.cohort.y_holdout.cpu().numpy()
-        intervals = bootstrap_intervals(y_true, y_pred, len(self.cohort.classes),
+        intervals = bootstrap_intervals(y_true, y_pred, self.cohort.classes,
                                         seed=round_seed(self.secret, submission_id, 0))
         return score_predictions(y_true, y_pred, self.cohort.classes, intervals)
 
@@ -330,10 +332,10 @@ class Node:
                                       seed=round_seed(self.secret, submission_id, -1),
                                       repeats=self.importance_repeats)
 
-    def _importance_groups(self, facts: RunFacts) -> dict[str, list[str]]:
+    def _importance_groups(self, run: Submission) -> dict[str, list[str]]:
         """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets
         (the first ``importance_gene_sets`` by name, the model's prior over the pipeline's)."""
-        given = {**facts.features.gene_sets, **facts.model.params.get("gene_sets", {})}
+        given = {**run.features.gene_sets, **run.model.params.get("gene_sets", {})}
         gene_sets = {name: list(given[name]) for name in sorted(given)[:self.importance_gene_sets]}
         return column_groups(list(self.cohort.schema.feature_columns), gene_sets)
 
@@ -348,6 +350,6 @@ class Node:
 
     def _acknowledge(self) -> RecordDict:
         """The whole reply to a holdout request: that it was recorded, no score."""
-        reply = RecordDict({"metrics": MetricRecord({"recorded": 1})})
-        check_reply(reply, None, HOLDOUT_METRIC_KEYS, self.settings.policy)
+        reply = RecordDict({"metrics": MetricRecord({ReplyKey.RECORDED: 1})})
+        check_reply(reply, None, HOLDOUT_REPLY_KEYS, self.settings.policy)
         return reply

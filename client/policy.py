@@ -17,23 +17,18 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PolicyViolation, ReplyRefused
 from client.privacy import PrivacyPolicy
-from client.schema import SCHEMA, CohortSchema
 from client.training import TrainConfig
-from models import ModelSpec, build_model
+from contract.names import TrainKey
+from contract.schema import SCHEMA, CohortSchema
+from contract.submission import RunConfigError, Submission
+from models import ModelSpec, build_for
 from models.pipeline import FeaturePipeline, FeatureSpec, FeatureSpecError
 from models.registry import UnknownModelError
 
-#: Config keys a strategy may send with a train message (``server-round`` is Flower's).
-TRAIN_CONFIG_KEYS = frozenset({"lr", "local-epochs", "batch-size", "proximal-mu", "server-round"})
-#: Aggregate scalars a train reply may carry.
-TRAIN_METRIC_KEYS = frozenset({"train-loss", "num-examples", "compute-flops", "device-seconds"})
-#: The only scalar a holdout request's reply carries: an acknowledgement, never a score.
-HOLDOUT_METRIC_KEYS = frozenset({"recorded"})
-
 
 @dataclass(frozen=True)
-class WorkspacePolicy:
-    """Limits the foundation sets for every run on its node (``conf/workspace``)."""
+class NodePolicy:
+    """Limits the foundation sets for every run on its node (``conf/policy``)."""
 
     allowed_models: tuple[str, ...] = ("linear", "mlp", "pathway")
     lr_min: float = 1e-5
@@ -69,10 +64,11 @@ class WorkspacePolicy:
         return int(self.compute_budget_pf * 1e15)
 
 
-def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int = 0) -> TrainConfig:
-    """Turn a strategy's train config into a validated ``TrainConfig``.
+def parse_train_config(config: ConfigRecord, policy: NodePolicy) -> TrainConfig:
+    """Turn a strategy's train config into a ``TrainConfig`` inside the policy.
 
-    ``seed`` is the node's to set (``client.node.round_seed``), never the strategy's.
+    Its ``seed`` is left at 0: the round's seed is the node's to set
+    (``client.node.round_seed``), never the strategy's.
 
     Raises
     ------
@@ -81,22 +77,54 @@ def parse_train_config(config: ConfigRecord, policy: WorkspacePolicy, seed: int 
     """
     if not isinstance(config, ConfigRecord):
         raise PolicyViolation("message-records", "a train message carries its config as a ConfigRecord")
-    unknown = sorted(set(config.keys()) - TRAIN_CONFIG_KEYS)
+    unknown = sorted(set(config.keys()) - set(TrainKey))
     if unknown:
         raise PolicyViolation("known-config-keys",
-                              f"unknown key(s) {unknown}; allowed: {sorted(TRAIN_CONFIG_KEYS)}")
-    lr = _number(config, "lr", float)
-    epochs = _number(config, "local-epochs", int)
-    batch = _number(config, "batch-size", int)
-    mu = _number(config, "proximal-mu", float, default=0.0)
-    server_round = _number(config, "server-round", int, default=1)
-    _within("lr-range", lr, policy.lr_min, policy.lr_max)
-    _within("local-epochs-range", epochs, 1, policy.local_epochs_max)
-    _within("batch-size-range", batch, policy.batch_size_min, policy.batch_size_max)
-    _within("proximal-mu-range", mu, 0.0, policy.proximal_mu_max)
-    _within("server-round-range", server_round, 1, policy.rounds_max)
-    return TrainConfig(lr=lr, local_epochs=epochs, batch_size=batch, proximal_mu=mu,
-                       server_round=server_round, seed=seed)
+                              f"unknown key(s) {unknown}; allowed: {sorted(TrainKey)}")
+    parsed = TrainConfig(lr=_number(config, TrainKey.LR, float),
+                         local_epochs=_number(config, TrainKey.LOCAL_EPOCHS, int),
+                         batch_size=_number(config, TrainKey.BATCH_SIZE, int),
+                         proximal_mu=_number(config, TrainKey.PROXIMAL_MU, float, default=0.0),
+                         server_round=_number(config, TrainKey.SERVER_ROUND, int, default=1))
+    check_train_config(parsed, policy)
+    return parsed
+
+
+def check_train_config(config: TrainConfig, policy: NodePolicy) -> None:
+    """Refuse training hyperparameters outside the policy, by rule name.
+
+    Raises
+    ------
+    PolicyViolation
+        ``lr-range``, ``local-epochs-range``, ``batch-size-range``, ``proximal-mu-range`` or
+        ``server-round-range``.
+    """
+    _within("lr-range", config.lr, policy.lr_min, policy.lr_max)
+    _within("local-epochs-range", config.local_epochs, 1, policy.local_epochs_max)
+    _within("batch-size-range", config.batch_size, policy.batch_size_min, policy.batch_size_max)
+    _within("proximal-mu-range", config.proximal_mu, 0.0, policy.proximal_mu_max)
+    _within("server-round-range", config.server_round, 1, policy.rounds_max)
+
+
+def read_submission(run_config: dict) -> Submission:
+    """The run's submission, as the workspace set it when it created the run.
+
+    Raises
+    ------
+    PolicyViolation
+        ``run-config`` (a key missing or malformed), ``feature-spec`` or ``run-identity``
+        (no contributor or submission id).
+    """
+    try:
+        submission = Submission.from_run_config(run_config)
+    except FeatureSpecError as ex:
+        raise PolicyViolation("feature-spec", str(ex)) from None
+    except RunConfigError as ex:
+        raise PolicyViolation("run-config", str(ex)) from None
+    if not submission.contributor or not submission.submission_id:
+        raise PolicyViolation("run-identity", "runs are created by the workspace with a "
+                              "contributor and a submission id")
+    return submission
 
 
 def feature_pipeline(spec: FeatureSpec, schema: CohortSchema = SCHEMA) -> FeaturePipeline:
@@ -108,20 +136,14 @@ def feature_pipeline(spec: FeatureSpec, schema: CohortSchema = SCHEMA) -> Featur
         ``feature-spec``: the spec names columns the cohort does not have.
     """
     try:
-        spec.validate(schema.numeric)
+        return schema.pipeline(spec)
     except FeatureSpecError as ex:
         raise PolicyViolation("feature-spec", str(ex)) from None
-    return FeaturePipeline(spec, schema.numeric, schema.categorical)
 
 
-def check_model(spec: ModelSpec, policy: WorkspacePolicy, inputs: list[str], n_classes: int) -> None:
+def check_model(spec: ModelSpec, policy: NodePolicy, pipeline: FeaturePipeline, n_classes: int) -> None:
     """Refuse a model outside the policy before building it: its name, then its size,
     counted on the ``meta`` device (no memory, no data).
-
-    Parameters
-    ----------
-    inputs : list of str
-        Names of the model's input columns (the feature pipeline's output).
 
     Raises
     ------
@@ -132,8 +154,7 @@ def check_model(spec: ModelSpec, policy: WorkspacePolicy, inputs: list[str], n_c
         raise PolicyViolation("allowed-models", f"models allowed: {list(policy.allowed_models)}")
     try:
         with torch.device("meta"):
-            model = build_model(spec, len(inputs), n_classes, feature_names=inputs)
-            size = sum(p.numel() for p in model.parameters())
+            size = sum(p.numel() for p in build_for(spec, pipeline, n_classes).parameters())
     except (UnknownModelError, ValueError, TypeError, RuntimeError):
         raise PolicyViolation("model-spec", f"hyperparameters do not fit model '{spec.name}'") from None
     if size > policy.max_parameters:
@@ -152,7 +173,7 @@ INCOMING_DTYPES = frozenset({"float16", "float32", "float64"})
 
 
 def check_arrays(arrays: object, expected: dict[str, tuple[int, ...]],
-                 policy: WorkspacePolicy, dtypes: frozenset[str] = INCOMING_DTYPES,
+                 policy: NodePolicy, dtypes: frozenset[str] = INCOMING_DTYPES,
                  rule: str = "model-arrays") -> None:
     """Arrays must be exactly the model's: same names and shapes, float, finite, within size."""
     if not isinstance(arrays, ArrayRecord):
@@ -177,7 +198,7 @@ def check_arrays(arrays: object, expected: dict[str, tuple[int, ...]],
 
 
 def check_reply(reply: RecordDict, expected: dict[str, tuple[int, ...]] | None,
-                metric_keys: frozenset[str], policy: WorkspacePolicy) -> None:
+                metric_keys: frozenset[str], policy: NodePolicy) -> None:
     """The export whitelist: the last check before anything leaves the node.
 
     Raises

@@ -13,11 +13,17 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from client.errors import NodeError
-from client.holdout import HoldoutScores, PairedDifference
+from client.holdout import HoldoutScores
 from client.importance import Importance, importance_figure, importance_table
-
-#: Tag prefix of a paired comparison with another run (``paired.<run id>``).
-TAG_PAIRED = "paired."
+from contract.names import (
+    PAIRED_TAG_PREFIX,
+    TRAIN_LOSS_SERIES,
+    Artifact,
+    Moment,
+    UsageMetric,
+    importance_metric,
+)
+from contract.values import PairedDifference
 
 
 class OfficialRecord:
@@ -48,34 +54,33 @@ class OfficialRecord:
                              params: dict[str, str]) -> None:
         """Record the holdout score of the model as submitted, before any training,
         with the contributor's budget use from the node's ledger."""
-        self._log({**scores.as_metrics("holdout_oob"), **usage}, params=params)
+        self._log({**scores.as_metrics(Moment.OUT_OF_THE_BOX), **usage}, params=params)
 
     def write_final(self, scores: HoldoutScores, rounds: Sequence[int], losses: Sequence[float],
                     flops: int, device_seconds: float, classes: Sequence[str],
                     usage: dict[str, float]) -> None:
         """Record the fine-tuned holdout score, the training curve, the compute used by
         this run and the contributor's budget use."""
-        metrics = {**scores.as_metrics("holdout"), **usage}
-        metrics.update(compute_flops=float(flops), compute_pf=flops / 1e15,
-                       compute_device_seconds=device_seconds, rounds_trained=float(len(rounds)))
-        self._log(metrics, series={"train_loss": list(zip(rounds, losses, strict=False))})
-        self._client.log_figure(self.run_id, _confusion_figure(scores, classes),
-                                "holdout_confusion_matrix.png")
+        metrics = {**scores.as_metrics(Moment.FINE_TUNED), **usage,
+                   UsageMetric.COMPUTE_FLOPS: float(flops), UsageMetric.COMPUTE_PF: flops / 1e15,
+                   UsageMetric.COMPUTE_DEVICE_SECONDS: device_seconds,
+                   UsageMetric.ROUNDS_TRAINED: float(len(rounds))}
+        self._log(metrics, series={TRAIN_LOSS_SERIES: list(zip(rounds, losses, strict=False))})
+        self._client.log_figure(self.run_id, _confusion_figure(scores, classes), Artifact.CONFUSION)
 
     def write_importance(self, importances: dict[str, Importance], groups: Iterable[str]) -> None:
         """Record permutation importance on the holdout: a table and a figure of every feature
         and group, and one metric per group (``importance_<group>``)."""
         table = importance_table(importances)
-        self._client.log_table(self.run_id, table, "holdout_importance.json")
-        self._client.log_figure(self.run_id, importance_figure(table), "holdout_importance.png")
-        self._log({f"importance_{g}": importances[g].mean for g in groups})  # e.g. importance_set:GS01
+        self._client.log_table(self.run_id, table, Artifact.IMPORTANCE_TABLE)
+        self._client.log_figure(self.run_id, importance_figure(table), Artifact.IMPORTANCE_FIGURE)
+        self._log({importance_metric(g): importances[g].mean for g in groups})
 
     def write_comparisons(self, comparisons: dict[str, PairedDifference]) -> None:
         """Record this run's paired comparisons with earlier runs on the same holdout, as tags
-        ``paired.<run id>`` = ``difference low high`` (macro-F1, this run minus the other)."""
+        ``cohortfl.paired.<run id>`` (macro-F1, this run minus the other)."""
         for other, paired in comparisons.items():
-            self._client.set_tag(self.run_id, f"{TAG_PAIRED}{other}",
-                                 f"{paired.difference:.4f} {paired.low:.4f} {paired.high:.4f}")
+            self._client.set_tag(self.run_id, f"{PAIRED_TAG_PREFIX}{other}", paired.to_text())
 
     def _log(self, metrics: dict[str, float], params: dict[str, str] | None = None,
              series: dict[str, list[tuple[int, float]]] | None = None) -> None:

@@ -13,7 +13,7 @@ from flwr.app.user_config import UserConfig
 from omegaconf import OmegaConf
 
 from client.errors import NodeError
-from client.policy import WorkspacePolicy
+from client.policy import NodePolicy
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -41,16 +41,16 @@ class NodeSettings:
     holdout_size: int = 128
     split_seed: int = 0
     device: str = "auto"
-    policy: WorkspacePolicy = field(default_factory=WorkspacePolicy)
+    policy: NodePolicy = field(default_factory=NodePolicy)
 
     @classmethod
     def from_node_config(cls, node_config: UserConfig) -> NodeSettings:
         """Read ``--node-config`` keys: data-path, tracking-uri, state-dir, and optional
-        holdout-size, split-seed, device, workspace (a ``conf/workspace`` name)."""
+        holdout-size, split-seed, device, policy (a ``conf/policy`` name)."""
         for key in ("data-path", "tracking-uri", "state-dir"):
             if key not in node_config:
                 raise NodeError(f"the node needs --node-config '{key}=...'")
-        workspace = str(node_config.get("workspace", "pilot"))
+        policy = str(node_config.get("policy", "pilot"))
         return cls(
             data_path=str(node_config["data-path"]),
             tracking_uri=str(node_config["tracking-uri"]),
@@ -58,7 +58,7 @@ class NodeSettings:
             split_seed=int(node_config.get("split-seed", 0)),
             device=str(node_config.get("device", "auto")),
             state_dir=str(node_config["state-dir"]),
-            policy=load_policy(CONF_DIR / "workspace" / f"{workspace}.yaml"),
+            policy=load_policy(CONF_DIR / "policy" / f"{policy}.yaml"),
         )
 
 
@@ -73,19 +73,18 @@ class NodeSettings:
         return Path(self.state_dir) / "flops.sqlite"
 
 
-def policy_from_mapping(limits: dict) -> WorkspacePolicy:
-    """Build a policy from a ``limits`` mapping, refusing unknown keys."""
-    known = {f.name for f in fields(WorkspacePolicy)}
+def policy_from_mapping(limits: dict) -> NodePolicy:
+    """Build a policy from a mapping of its limits, refusing unknown keys."""
+    known = {f.name for f in fields(NodePolicy)}
     unknown = sorted(set(limits) - known)
     if unknown:
-        raise NodeError(f"unknown workspace limit(s) {unknown}; known: {sorted(known)}")
+        raise NodeError(f"unknown policy limit(s) {unknown}; known: {sorted(known)}")
     values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in limits.items()}
-    return WorkspacePolicy(**values)
+    return NodePolicy(**values)
 
 
-def load_policy(path: Path) -> WorkspacePolicy:
-    """Read the ``limits`` section of a workspace policy YAML file."""
+def load_policy(path: Path) -> NodePolicy:
+    """Read a node policy YAML file (``conf/policy/*.yaml``)."""
     if not path.is_file():
-        raise NodeError(f"no workspace policy at {path}")
-    limits = OmegaConf.to_container(OmegaConf.load(path).get("limits", {}), resolve=True)
-    return policy_from_mapping(limits)
+        raise NodeError(f"no node policy at {path}")
+    return policy_from_mapping(OmegaConf.to_container(OmegaConf.load(path), resolve=True))

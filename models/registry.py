@@ -15,8 +15,9 @@ from models.errors import UnknownModelError
 from models.linear import LinearClassifier
 from models.mlp import MLPClassifier
 from models.pathway import PathwayNet
+from models.pipeline import FeaturePipeline
 
-__all__ = ["MODELS", "ModelSpec", "UnknownModelError", "build_model"]
+__all__ = ["MODELS", "ModelSpec", "UnknownModelError", "build_for", "build_model"]
 
 MODELS: dict[str, type[nn.Module]] = {
     "linear": LinearClassifier,
@@ -91,3 +92,16 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
         ) from None
     except ValueError as ex:
         raise UnknownModelError(f"model '{spec.name}': {ex}") from None
+
+
+def build_for(spec: ModelSpec, pipeline: FeaturePipeline, n_classes: int, seed: int = 0) -> nn.Module:
+    """The model a spec names, reading what ``pipeline`` outputs: the one place a feature
+    pipeline and a model are put together (node, workspace, pretraining, benchmarks).
+
+    Raises
+    ------
+    UnknownModelError, FeatureSpecError
+        As ``build_model``, or the pipeline's spec is broken.
+    """
+    names = pipeline.feature_names
+    return build_model(spec, len(names), n_classes, seed, feature_names=names)

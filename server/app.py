@@ -22,14 +22,14 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 
-from client.schema import SCHEMA
-from models import build_model
-from models.pipeline import FeaturePipeline
+from contract.names import HOLDOUT_FINE_TUNED, HOLDOUT_OUT_OF_THE_BOX
+from contract.schema import SCHEMA
+from contract.submission import Submission
+from models import build_for
 from server.errors import SubmissionFailed
 from server.refusals import RefusalRecordingGrid, reason
-from server.submission import Submission
 
-#: Called with (phase, done, total): phase is "oob", "round" or "final".
+#: Called with (phase, done, total): phase is "out_of_the_box", "round" or "fine_tuned".
 Progress = Callable[[str, int, int], None]
 
 
@@ -77,8 +77,8 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
     strategy = build_strategy(submission.strategy, len(node_ids), submission.strategy_source)
     initial = initial_arrays(submission)
 
-    ask_nodes(grid, node_ids, "query.holdout_oob", RecordDict({"arrays": initial}))
-    report("oob", 1, 1)
+    ask_nodes(grid, node_ids, HOLDOUT_OUT_OF_THE_BOX, RecordDict({"arrays": initial}))
+    report("out_of_the_box", 1, 1)
 
     def on_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         report("round", server_round, submission.num_rounds)
@@ -92,8 +92,8 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
         raise SubmissionFailed(
             f"only {len(result.train_metrics_clientapp)} of {submission.num_rounds} rounds "
             f"aggregated a reply; the node said: {refusals}")
-    ask_nodes(grid, node_ids, "query.holdout_final", RecordDict({"arrays": result.arrays}))
-    report("final", 1, 1)
+    ask_nodes(grid, node_ids, HOLDOUT_FINE_TUNED, RecordDict({"arrays": result.arrays}))
+    report("fine_tuned", 1, 1)
 
 
 def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:
@@ -122,9 +122,8 @@ def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:
 
 def initial_arrays(submission: Submission) -> ArrayRecord:
     """The submitted model's starting weights: the package's, or drawn from the seed."""
-    inputs = FeaturePipeline(submission.features, SCHEMA.numeric, SCHEMA.categorical).feature_names
-    model = build_model(submission.model, len(inputs), len(SCHEMA.classes), submission.seed,
-                        feature_names=inputs)
+    model = build_for(submission.model, SCHEMA.pipeline(submission.features), len(SCHEMA.classes),
+                      submission.seed)
     if not submission.initial_weights:
         return ArrayRecord(model.state_dict())
     with np.load(io.BytesIO(base64.b64decode(submission.initial_weights)), allow_pickle=False) as npz:

@@ -17,7 +17,6 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exports.add_argument("--state-dir", default=None,
                          help="the node's state directory (default: cohortfl-demo/node-state)")
     policy = commands.add_parser("policy", help="print the workspace policy the node enforces")
-    policy.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. workspace=pilot")
+    policy.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. policy=pilot")
     args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
     if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
@@ -90,32 +89,35 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
 
     from client.errors import NodeError
     from client.node import check_cohort
-    from server.config import load_plan
+    from server.config import load_job
     from server.intake import load_package
     from server.leaderboard import format_leaderboard, read_leaderboard
     from server.workspace import Workspace
+    from synthetic.pretraining import with_pretrained_weights
 
     started = time.perf_counter()
     memory = PeakMemory()
     try:
-        plan = load_plan(overrides, demo)
+        job = load_job(overrides, demo)
         if package:
-            shape = plan.submissions[0]
-            plan = replace(plan, submissions=[load_package(
-                package[0], package[1], shape.local_epochs, shape.num_rounds,
-                plan.node.policy.max_array_bytes)])
-        if plan.workspace.synthetic_seed is not None:
-            write_synthetic_cohort(plan.workspace.cohort_path, plan.workspace.synthetic_seed)
-        check_cohort(plan.node)  # in simulation this command is also the node's operator
-        workspace = Workspace(plan.node, plan.workspace.experiment, verbose=verbose)
-        for submission in plan.submissions:
+            shape = job.entries[0].submission
+            submissions = [load_package(package[0], package[1], shape.local_epochs, shape.num_rounds,
+                                        job.node.policy.max_array_bytes)]
+        else:  # the contributors' own step, before they submit: pretraining on their cohorts
+            submissions = [with_pretrained_weights(e.submission, e.pretraining, job.output_dir / "pretrained")
+                           if e.pretraining else e.submission for e in job.entries]
+        if job.workspace.synthetic_seed is not None:
+            write_synthetic_cohort(job.workspace.cohort_path, job.workspace.synthetic_seed)
+        check_cohort(job.node)  # in simulation this command is also the node's operator
+        workspace = Workspace(job.node, job.workspace.experiment, verbose=verbose)
+        for submission in submissions:
             workspace.check(submission)
     except (NodeError, HydraException, OmegaConfBaseException, ValueError, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
 
-    submissions, batch = plan.submissions, time.strftime("%Y%m%dT%H%M%S")
-    parallel = min(plan.workspace.parallel_runs, len(submissions))
+    batch = time.strftime("%Y%m%dT%H%M%S")
+    parallel = min(job.workspace.parallel_runs, len(submissions))
     print(f"{len(submissions)} submission(s), {parallel} at a time:")
     for submission in submissions:
         print(f"  {submission.contributor}: {submission.strategy_name} + {submission.model.name}, "
@@ -129,20 +131,20 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
             print(f"{outcome.submission.contributor} failed: {outcome.error}", file=sys.stderr)
 
     print()
-    print(format_leaderboard(read_leaderboard(plan.node.tracking_uri, plan.workspace.experiment,
+    print(format_leaderboard(read_leaderboard(job.node.tracking_uri, job.workspace.experiment,
                                               batch=batch)))
     print()
     wall = time.perf_counter() - started
     print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "
           f"peak memory {memory.stop():.0f} MB (all processes together)")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {plan.node.tracking_uri} --port 5000")
-    print(f"Leaderboard: cohortfl leaderboard --tracking-uri {plan.node.tracking_uri}")
+    print(f"MLflow UI:   mlflow ui --backend-store-uri {job.node.tracking_uri} --port 5000")
+    print(f"Leaderboard: cohortfl leaderboard --tracking-uri {job.node.tracking_uri}")
     return 1 if failed else 0
 
 
 def write_synthetic_cohort(path: Path, seed: int) -> None:
     """Write the synthetic demo cohort where the node will read it."""
-    from client.synthetic import generate_cohort
+    from synthetic.disease import generate_cohort
 
     path.parent.mkdir(parents=True, exist_ok=True)
     table = generate_cohort(seed)
@@ -216,8 +218,8 @@ class ConsoleProgress:
         """Report that ``done`` of ``total`` steps of ``phase`` are complete."""
         if phase == "round" and (done == 0 or done not in {total, *(total * q // 4 for q in (1, 2, 3))}):
             return
-        text = {"oob": "holdout out of the box recorded by the node",
-                "final": "final holdout recorded by the node"}.get(phase, f"round {done}/{total}")
+        text = {"out_of_the_box": "holdout out of the box recorded by the node",
+                "fine_tuned": "fine-tuned holdout recorded by the node"}.get(phase, f"round {done}/{total}")
         print(f"  [{self.label}] {text} (at {time.time() - self.started:.1f} s)", flush=True)
 
 

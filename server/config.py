@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from client.settings import CONF_DIR, NodeSettings, policy_from_mapping
+from contract.submission import Submission
 from models import ModelSpec
 from models.pipeline import FeatureSpec
-from server.pretraining import Pretraining, cached_pretrained
-from server.submission import Submission
+from synthetic.pretraining import Pretraining
 
 # ``${json_file:path}`` reads a contributor's prior (e.g. gene sets) when a config names it;
 # ``${conf_dir:}`` is this project's conf/ folder.
@@ -29,29 +29,35 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
-def submission_from_config(cfg: DictConfig) -> Submission:
-    """The submission a composed config describes; with ``pretrain.enabled``, its initial
-    weights are pretrained on the contributor's external cohort (cached in ``output_dir``)."""
-    model = ModelSpec(name=str(cfg.model.name), params=OmegaConf.to_container(cfg.model.params,
-                                                                              resolve=True))
-    features = FeatureSpec(**OmegaConf.to_container(cfg.features, resolve=True))
+@dataclass(frozen=True)
+class Entry:
+    """One submission as configured, and the pretraining its contributor does first (if any).
+
+    Pretraining is its own step (``synthetic.pretraining.with_pretrained_weights``), run by
+    the command after the configuration is read, never while reading it.
+    """
+
+    submission: Submission
+    pretraining: Pretraining | None = None
+
+
+def entry_from_config(cfg: DictConfig) -> Entry:
+    """The submission a composed config describes, and its pretraining."""
     pretrain = OmegaConf.to_container(cfg.pretrain, resolve=True)
-    initial_weights = ""
-    if pretrain.pop("enabled"):
-        initial_weights = cached_pretrained(model, features, Pretraining(**pretrain), int(cfg.seed),
-                                            output_dir(cfg) / "pretrained")
-    return Submission(
+    enabled = pretrain.pop("enabled")
+    submission = Submission(
         contributor=str(cfg.contributor),
         strategy=OmegaConf.to_container(cfg.strategy, resolve=True),
-        model=model,
-        features=features,
-        initial_weights=initial_weights,
+        model=ModelSpec(name=str(cfg.model.name),
+                        params=OmegaConf.to_container(cfg.model.params, resolve=True)),
+        features=FeatureSpec(**OmegaConf.to_container(cfg.features, resolve=True)),
         lr=float(cfg.lr),
         batch_size=int(cfg.batch_size),
         local_epochs=int(cfg.workspace.local_epochs),
         num_rounds=int(cfg.workspace.num_rounds),
         seed=int(cfg.seed),
     )
+    return Entry(submission, Pretraining(**pretrain) if enabled else None)
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -74,7 +80,7 @@ def node_settings(cfg: DictConfig) -> NodeSettings:
         holdout_size=int(cfg.cohort.holdout_size),
         split_seed=int(cfg.cohort.split_seed),
         state_dir=str(output_dir(cfg) / "node-state"),
-        policy=policy_from_mapping(OmegaConf.to_container(cfg.workspace.limits, resolve=True)),
+        policy=policy_from_mapping(OmegaConf.to_container(cfg.policy, resolve=True)),
     )
 
 
@@ -96,28 +102,30 @@ class WorkspaceSettings:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Job:
     """Everything one ``cohortfl demo`` or ``run`` needs, read from the config once."""
 
     workspace: WorkspaceSettings
     node: NodeSettings
-    submissions: list[Submission]
+    entries: list[Entry]
+    output_dir: Path
 
 
-def load_plan(overrides: list[str], demo: bool) -> Plan:
+def load_job(overrides: list[str], demo: bool) -> Job:
     """Compose the configuration (and, for the demo, each pilot submission's) into typed values.
 
     Command-line overrides apply to every submission, after the submission's own.
     """
     cfg = compose_config(overrides)
-    plans = ([[*entry.overrides, f"contributor={entry.contributor}", *overrides]
-              for entry in cfg.demo.submissions] if demo else [overrides])
-    return Plan(
+    each = ([[*entry.overrides, f"contributor={entry.contributor}", *overrides]
+             for entry in cfg.demo.submissions] if demo else [overrides])
+    return Job(
         workspace=WorkspaceSettings(
             experiment=str(cfg.tracking.experiment),
             parallel_runs=int(cfg.workspace.parallel_runs),
             cohort_path=Path(str(cfg.cohort.path)).expanduser(),
             synthetic_seed=int(cfg.cohort.seed) if cfg.cohort.kind == "synthetic" else None),
         node=node_settings(cfg),
-        submissions=[submission_from_config(compose_config(p)) for p in plans],
+        entries=[entry_from_config(compose_config(o)) for o in each],
+        output_dir=output_dir(cfg),
     )

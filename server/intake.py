@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from contract.submission import Submission
 from models import ModelSpec
 from models.pipeline import FeatureSpec, FeatureSpecError
 from server.errors import PackageRefused
-from server.submission import Submission
 
 ALLOWED_FILES = frozenset({"submission.yaml", "strategy.py", "initial.npz"})
 SUBMISSION_KEYS = frozenset({"strategy", "model", "lr", "batch_size", "seed", "features"})

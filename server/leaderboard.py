@@ -6,9 +6,19 @@ import math
 import re
 from dataclasses import dataclass
 
-from client.record import TAG_PAIRED
+from contract.names import (
+    IMPORTANCE_PREFIX,
+    LEADERBOARD_METRIC,
+    PAIRED_TAG_PREFIX,
+    Moment,
+    Tag,
+    UsageMetric,
+    holdout_metric,
+    interval_metrics,
+)
+from contract.schema import REPORTED_CLASS
+from contract.values import PairedDifference
 from server.errors import LeaderboardError
-from server.workspace import TAG_BATCH, TAG_CONTRIBUTOR
 
 
 @dataclass(frozen=True)
@@ -22,8 +32,8 @@ class Row:
     out_of_the_box_ci95: tuple[float, float]
     fine_tuned: float
     fine_tuned_ci95: tuple[float, float]
-    fast_recall: float
-    fast_recall_ci95: tuple[float, float]
+    reported_recall: float
+    reported_recall_ci95: tuple[float, float]
     compute_pf: float
     budget_used_pf: float
     budget_pf: float
@@ -31,17 +41,16 @@ class Row:
     submissions_limit: float
     exported_bytes: float
     run_id: str
-    paired: dict[str, tuple[float, float, float]]
+    paired: dict[str, PairedDifference]
     top_group: str
 
-    def versus(self, other: Row) -> tuple[float, float, float] | None:
+    def versus(self, other: Row) -> PairedDifference | None:
         """The node's paired bootstrap of this run's macro-F1 minus ``other``'s on the same
-        holdout records: (difference, low, high), or None if the node made none."""
+        holdout records, or None if the node made none."""
         if other.run_id in self.paired:
             return self.paired[other.run_id]
         if self.run_id in other.paired:
-            difference, low, high = other.paired[self.run_id]
-            return -difference, -high, -low
+            return other.paired[self.run_id].reversed()
         return None
 
     @property
@@ -68,45 +77,51 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
     if batch and not re.fullmatch(r"[\w.-]+", batch):
         raise LeaderboardError("a batch id holds only letters, digits, '.', '_' and '-'")
     if batch:
-        query += f" and tags.`{TAG_BATCH}` = '{batch}'"
+        query += f" and tags.`{Tag.BATCH}` = '{batch}'"
     runs, token = [], None
     while True:  # every page: a leaderboard that silently stops at N rows would mislead
         page = client.search_runs([found.experiment_id], filter_string=query,
-                                  order_by=["metrics.holdout_macro_f1 DESC"], max_results=1000,
+                                  order_by=[f"metrics.{LEADERBOARD_METRIC} DESC"], max_results=1000,
                                   page_token=token)
         runs += list(page)
         token = page.token
         if not token:
             break
-    return [
-        Row(
-            contributor=run.data.tags.get(TAG_CONTRIBUTOR, "?"),
-            strategy=run.data.params.get("strategy", "?"),
-            model=run.data.params.get("model", "?"),
-            out_of_the_box=run.data.metrics.get("holdout_oob_macro_f1", math.nan),
-            out_of_the_box_ci95=_interval(run.data.metrics, "holdout_oob_macro_f1"),
-            fine_tuned=run.data.metrics.get("holdout_macro_f1", math.nan),
-            fine_tuned_ci95=_interval(run.data.metrics, "holdout_macro_f1"),
-            fast_recall=run.data.metrics.get("holdout_recall_fast", math.nan),
-            fast_recall_ci95=_interval(run.data.metrics, "holdout_recall_fast"),
-            compute_pf=run.data.metrics.get("compute_pf", math.nan),
-            budget_used_pf=run.data.metrics.get("budget_compute_used_pf", math.nan),
-            budget_pf=run.data.metrics.get("budget_compute_pf", math.nan),
-            submissions_used=run.data.metrics.get("budget_submissions_used", math.nan),
-            submissions_limit=run.data.metrics.get("budget_submissions_limit", math.nan),
-            exported_bytes=run.data.metrics.get("exported_bytes", math.nan),
-            run_id=run.info.run_id,
-            paired={key.removeprefix(TAG_PAIRED): tuple(map(float, value.split()))
-                    for key, value in run.data.tags.items() if key.startswith(TAG_PAIRED)},
-            top_group=_top_group(run.data.metrics),
-        )
-        for run in runs
-    ]
+    return [_row(run) for run in runs]
 
 
-def _interval(metrics: dict[str, float], name: str) -> tuple[float, float]:
-    """The node's 95% bootstrap interval of a holdout metric."""
-    return metrics.get(f"{name}_ci95_low", math.nan), metrics.get(f"{name}_ci95_high", math.nan)
+def _row(run) -> Row:  # run: mlflow.entities.Run
+    """One finished run's line, from the metrics and tags the node and workspace wrote."""
+    metrics, tags = run.data.metrics, run.data.tags
+
+    def value(name: str) -> float:
+        return metrics.get(name, math.nan)
+
+    def with_interval(name: str) -> tuple[float, tuple[float, float]]:
+        low, high = interval_metrics(name)
+        return value(name), (value(low), value(high))
+
+    out_of_the_box = with_interval(holdout_metric(Moment.OUT_OF_THE_BOX, "macro_f1"))
+    fine_tuned = with_interval(holdout_metric(Moment.FINE_TUNED, "macro_f1"))
+    reported = with_interval(holdout_metric(Moment.FINE_TUNED, "recall", REPORTED_CLASS))
+    return Row(
+        contributor=tags.get(Tag.CONTRIBUTOR, "?"),
+        strategy=run.data.params.get("strategy", "?"),
+        model=run.data.params.get("model", "?"),
+        out_of_the_box=out_of_the_box[0], out_of_the_box_ci95=out_of_the_box[1],
+        fine_tuned=fine_tuned[0], fine_tuned_ci95=fine_tuned[1],
+        reported_recall=reported[0], reported_recall_ci95=reported[1],
+        compute_pf=value(UsageMetric.COMPUTE_PF),
+        budget_used_pf=value(UsageMetric.BUDGET_COMPUTE_USED_PF),
+        budget_pf=value(UsageMetric.BUDGET_COMPUTE_PF),
+        submissions_used=value(UsageMetric.BUDGET_SUBMISSIONS_USED),
+        submissions_limit=value(UsageMetric.BUDGET_SUBMISSIONS_LIMIT),
+        exported_bytes=value(UsageMetric.EXPORTED_BYTES),
+        run_id=run.info.run_id,
+        paired={key.removeprefix(PAIRED_TAG_PREFIX): PairedDifference.from_text(text)
+                for key, text in tags.items() if key.startswith(PAIRED_TAG_PREFIX)},
+        top_group=_top_group(metrics),
+    )
 
 
 def _with_interval(value: float, interval: tuple[float, float]) -> str:
@@ -116,7 +131,8 @@ def _with_interval(value: float, interval: tuple[float, float]) -> str:
 
 def _top_group(metrics: dict[str, float]) -> str:
     """The feature group whose permutation costs the most macro-F1 (``importance_<group>``)."""
-    groups = {k.removeprefix("importance_"): v for k, v in metrics.items() if k.startswith("importance_")}
+    groups = {k.removeprefix(IMPORTANCE_PREFIX): v for k, v in metrics.items()
+              if k.startswith(IMPORTANCE_PREFIX)}
     return max(groups, key=groups.get) if groups else "-"
 
 
@@ -125,18 +141,18 @@ def _versus_next(rows: list[Row], i: int) -> str:
     paired = rows[i].versus(rows[i + 1]) if i + 1 < len(rows) else None
     if paired is None:
         return "-"
-    difference, low, high = paired
-    return f"{difference:+.3f} [{low:+.2f}, {high:+.2f}]" + (" noise" if low <= 0 <= high else "")
+    text = f"{paired.difference:+.3f} [{paired.low:+.2f}, {paired.high:+.2f}]"
+    return text + (" noise" if paired.within_noise else "")
 
 
 def format_leaderboard(rows: list[Row]) -> str:
     """A fixed-width text table shaped like the pilot's."""
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
-              "gain", "Fast recall", "vs next (paired)", "top feature group",
+              "gain", f"{REPORTED_CLASS} recall", "vs next (paired)", "top feature group",
               "compute (PF)", "budget used (PF)", "submits", "sent (kB)")
     lines = [(r.contributor, r.strategy, r.model, _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
               _with_interval(r.fine_tuned, r.fine_tuned_ci95), f"{r.gain:+.3f}",
-              _with_interval(r.fast_recall, r.fast_recall_ci95), _versus_next(rows, i), r.top_group,
+              _with_interval(r.reported_recall, r.reported_recall_ci95), _versus_next(rows, i), r.top_group,
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
               f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
               f"{r.exported_bytes / 1000:.1f}") for i, r in enumerate(rows)]

@@ -23,18 +23,14 @@ from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from flwr.app import ConfigRecord
-
 from client.errors import PolicyViolation
-from client.policy import check_model, feature_pipeline, parse_train_config
-from client.schema import SCHEMA
+from client.policy import check_model, check_train_config, feature_pipeline
 from client.settings import NodeSettings
+from client.training import TrainConfig
+from contract.names import Artifact, Moment, Tag, holdout_metric
+from contract.schema import SCHEMA
+from contract.submission import Submission
 from server.app import Progress
-from server.submission import Submission
-
-TAG_CONTRIBUTOR = "cohortfl.contributor"
-TAG_BATCH = "cohortfl.batch"
-TAG_ERROR = "cohortfl.error"
 
 
 @dataclass(frozen=True)
@@ -116,20 +112,20 @@ class Workspace:
             Naming the rule; the node enforces the same rules again on every message.
         """
         policy = self.node.policy
-        inputs = feature_pipeline(submission.features).feature_names
-        check_model(submission.model, policy, inputs, len(SCHEMA.classes))
+        check_model(submission.model, policy, feature_pipeline(submission.features), len(SCHEMA.classes))
         if not 1 <= submission.num_rounds <= policy.rounds_max:
             raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
-        parse_train_config(ConfigRecord(submission.train_config()), policy)
+        check_train_config(TrainConfig(lr=submission.lr, local_epochs=submission.local_epochs,
+                                       batch_size=submission.batch_size), policy)
 
     def open_run(self, submission: Submission, batch: str = "") -> Submission:
         """Create the submission's MLflow run; return the submission with its id."""
         run = self.client.create_run(
             self.experiment_id, run_name=f"{submission.contributor}-{submission.strategy_name}",
-            tags={TAG_CONTRIBUTOR: submission.contributor, TAG_BATCH: batch})
+            tags={Tag.CONTRIBUTOR: submission.contributor, Tag.BATCH: batch})
         for key, value in {**submission.params(), "code_version": code_version()}.items():
             self.client.log_param(run.info.run_id, key, value)
-        self.client.log_dict(run.info.run_id, submission.declaration(), "submission.json")
+        self.client.log_dict(run.info.run_id, submission.declaration(), Artifact.SUBMISSION)
         return replace(submission, submission_id=run.info.run_id)
 
     def close_run(self, submission: Submission, error: str) -> Outcome:
@@ -138,10 +134,10 @@ class Workspace:
         A run without the node's final holdout score failed, whatever the engine said.
         """
         recorded = self.client.get_run(submission.submission_id).data.metrics
-        if not error and not {"holdout_oob_macro_f1", "holdout_macro_f1"} <= set(recorded):
+        if not error and not {holdout_metric(m, "macro_f1") for m in Moment} <= set(recorded):
             error = "the node did not record both holdout scores"
         if error:
-            self.client.set_tag(submission.submission_id, TAG_ERROR, error[:5000])
+            self.client.set_tag(submission.submission_id, Tag.ERROR, error[:5000])
         self.client.set_terminated(submission.submission_id, "FAILED" if error else "FINISHED")
         return Outcome(submission, ok=not error, error=error)
 

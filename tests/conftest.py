@@ -11,7 +11,7 @@ import pyarrow.csv
 import pyarrow.parquet
 import pytest
 
-from client.synthetic import generate_cohort
+from synthetic.disease import generate_cohort
 
 
 @pytest.fixture(scope="session")

@@ -36,13 +36,13 @@ def test_a_cohort_that_fails_to_load_sends_fixed_text_and_is_ledgered(tmp_path, 
                             state_dir=str(tmp_path / "state"), device="cpu")
     app = build_client_app(settings)
     message = Message(RecordDict({"arrays": ArrayRecord()}), dst_node_id=0,
-                      message_type="query.holdout_oob")
+                      message_type="query.holdout_out_of_the_box")
     with pytest.raises(Exception) as info:
         app(message, _context(tmp_path))
     assert "cannot load its cohort" in str(info.value)
     assert SENTINEL not in str(info.value) and "P000" not in str(info.value)
     [export] = NodeLedger(settings.ledger_path).exports("mallory")
-    assert export.keys == ["error"] and export.message_type == "query.holdout_oob"
+    assert export.keys == ["error"] and export.message_type == "query.holdout_out_of_the_box"
 
 
 @pytest.mark.parametrize("message_type", ["query.predictions", "evaluate", "query"])

@@ -10,7 +10,7 @@ import pytest
 
 from client.cohort import load_cohort, split_cohort, validate_frame
 from client.errors import CohortValidationError
-from client.schema import SCHEMA
+from contract.schema import SCHEMA
 
 
 def _set(frame: pd.DataFrame, row: int, column: str, value: object) -> None:

@@ -12,12 +12,14 @@ from omegaconf import OmegaConf
 
 from client.errors import PolicyViolation
 from client.policy import check_model, feature_pipeline
-from client.schema import SCHEMA
 from client.settings import CONF_DIR, load_policy
-from client.synthetic import public_gene_sets
-from models import build_model
+from contract.schema import SCHEMA
+from contract.submission import RUN_CONFIG_KEYS
+from models import build_for
 from server.app import build_strategy
-from server.config import compose_config, node_settings, submission_from_config
+from server.config import compose_config, entry_from_config, node_settings
+from synthetic.disease import public_gene_sets
+from synthetic.pretraining import with_pretrained_weights
 
 
 def options(group: str) -> list[str]:
@@ -36,21 +38,21 @@ def test_every_strategy_instantiates_with_real_node_minimums(name):
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_builds_on_every_feature_pipeline_within_the_policy(name, features):
     cfg = compose_config([f"model={name}", f"features={features}"])
-    sub = submission_from_config(cfg)
-    inputs = feature_pipeline(sub.features).feature_names
+    sub = entry_from_config(cfg).submission
+    pipeline = feature_pipeline(sub.features)
     if name == "pathway" and features == "gene_sets":  # the gene-set layer needs the single genes
         with pytest.raises(PolicyViolation, match="model-spec"):
-            check_model(sub.model, node_settings(cfg).policy, inputs, len(SCHEMA.classes))
+            check_model(sub.model, node_settings(cfg).policy, pipeline, len(SCHEMA.classes))
         return
-    check_model(sub.model, node_settings(cfg).policy, inputs, len(SCHEMA.classes))
-    model = build_model(sub.model, len(inputs), len(SCHEMA.classes), feature_names=inputs)
+    check_model(sub.model, node_settings(cfg).policy, pipeline, len(SCHEMA.classes))
+    model = build_for(sub.model, pipeline, len(SCHEMA.classes))
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
 def test_gene_set_priors_are_read_from_the_contributors_file(tmp_path):
     (tmp_path / "sets.json").write_text(json.dumps({"mine": ["gene_1", "gene_2"]}))
     cfg = compose_config(["model=pathway", "features=gene_sets", f"priors.gene_sets={tmp_path}/sets.json"])
-    sub = submission_from_config(cfg)
+    sub = entry_from_config(cfg).submission
     assert sub.model.params["gene_sets"] == {"mine": ["gene_1", "gene_2"]}
     assert sub.features.gene_sets == {"mine": ("gene_1", "gene_2")}
 
@@ -60,21 +62,24 @@ def test_the_shipped_gene_set_database_is_the_generators_public_one():
     assert shipped == public_gene_sets(0)
 
 
-def test_pretraining_gives_initial_weights_of_the_model_once(tmp_path):
+def test_reading_the_config_trains_nothing_and_pretraining_gives_weights_once(tmp_path):
     overrides = ["model=linear", "pretrain=external", "pretrain.n_records=300", "pretrain.epochs=2",
                  f"output_dir={tmp_path}"]
-    sub = submission_from_config(compose_config(overrides))
+    entry = entry_from_config(compose_config(overrides))
+    assert not entry.submission.initial_weights and not (tmp_path / "pretrained").exists()
+    sub = with_pretrained_weights(entry.submission, entry.pretraining, tmp_path / "pretrained")
     with np.load(io.BytesIO(base64.b64decode(sub.initial_weights))) as npz:
         assert {k: npz[k].shape for k in npz.files} == {"linear.weight": (3, 255), "linear.bias": (3,)}
     cached = list((tmp_path / "pretrained").glob("*.npz"))
     assert len(cached) == 1
-    assert submission_from_config(compose_config(overrides)).initial_weights == sub.initial_weights
-    assert not submission_from_config(compose_config(overrides[:1])).initial_weights
+    again = with_pretrained_weights(entry.submission, entry.pretraining, tmp_path / "pretrained")
+    assert again.initial_weights == sub.initial_weights
+    assert entry_from_config(compose_config(overrides[:1])).pretraining is None
 
 
-@pytest.mark.parametrize("name", options("workspace"))
-def test_every_workspace_policy_loads(name):
-    policy = load_policy(CONF_DIR / "workspace" / f"{name}.yaml")
+@pytest.mark.parametrize("name", options("policy"))
+def test_every_node_policy_loads(name):
+    policy = load_policy(CONF_DIR / "policy" / f"{name}.yaml")
     assert policy.lr_min < policy.lr_max and policy.batch_size_min >= 1
 
 
@@ -91,9 +96,9 @@ def test_demo_submissions_compose_and_command_line_overrides_apply_to_all(tmp_pa
     assert len(cfg.demo.submissions) >= 4
     contributors = set()
     for entry in cfg.demo.submissions:
-        sub = submission_from_config(compose_config([*entry.overrides, "workspace.num_rounds=3",
-                                                     "++pretrain.n_records=200", "++pretrain.epochs=1",
-                                                     f"output_dir={tmp_path}"]))
+        sub = entry_from_config(compose_config([*entry.overrides, "workspace.num_rounds=3",
+                                                "++pretrain.n_records=200", "++pretrain.epochs=1",
+                                                f"output_dir={tmp_path}"])).submission
         contributors.add(entry.contributor)
         assert sub.num_rounds == 3
         instantiate(sub.strategy)
@@ -117,5 +122,6 @@ def test_every_run_config_key_is_declared_in_the_flower_app():
 
     project = tomllib.loads((CONF_DIR.parent / "pyproject.toml").read_text())
     declared = project["tool"]["flwr"]["app"]["config"]
-    sub = submission_from_config(compose_config(["model=linear"]))
+    assert set(RUN_CONFIG_KEYS) == set(declared)
+    sub = entry_from_config(compose_config(["model=linear"])).submission
     assert set(sub.to_run_config()) == set(declared)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from client.settings import NodeSettings
-from client.synthetic import generate_cohort
+from contract.submission import Submission
 from models import ModelSpec
 from server.engine import run_on_superlink
-from server.submission import Submission
 from server.workspace import Workspace
+from synthetic.disease import generate_cohort
 
 pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parent.parent
@@ -103,6 +103,7 @@ def test_a_submission_runs_on_superlink_and_supernode(federation):
     assert outcome.ok, outcome.error
     run = workspace.client.get_run(submission.submission_id)
     assert run.data.metrics["compute_flops"] == 2 * 4 * 512 * 255 * 3
-    assert {"holdout_oob_macro_f1", "holdout_macro_f1", "holdout_recall_fast"} <= set(run.data.metrics)
+    assert {"holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1",
+            "holdout_fine_tuned_recall_fast"} <= set(run.data.metrics)
     history = workspace.client.get_metric_history(submission.submission_id, "train_loss")
     assert [m.step for m in history] == [1, 2]

@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from client.holdout import score_predictions
 from client.node import ResidentCohort, round_seed
-from client.schema import SCHEMA
 from client.settings import NodeSettings
 from client.training import FlopMeter, TrainConfig, predict, train_local
+from contract.schema import SCHEMA
 from models import ModelSpec, build_model
 
 ROUNDS = 4
@@ -52,10 +52,11 @@ def test_the_run_holds_params_scores_series_compute_and_figure(finished_run):
     for key in ("contributor", "strategy", "model", "lr", "cohort_digest", "code_version"):
         assert params[key]
     assert params["contributor"] == "alice" and params["strategy"] == "FedAvg"
-    for key in ("holdout_oob_macro_f1", "holdout_macro_f1", "holdout_recall_fast",
-                "holdout_recall_slow", "holdout_f1_medium", "compute_flops", "compute_device_seconds"):
+    for key in ("holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1",
+                "holdout_fine_tuned_recall_fast", "holdout_fine_tuned_recall_slow",
+                "holdout_fine_tuned_f1_medium", "compute_flops", "compute_device_seconds"):
         assert key in metrics
-    assert metrics["holdout_macro_f1"] > metrics["holdout_oob_macro_f1"]
+    assert metrics["holdout_fine_tuned_macro_f1"] > metrics["holdout_out_of_the_box_macro_f1"]
     # the linear model's counted FLOPs: 4 x records x inputs x classes, per round
     assert metrics["compute_flops"] == ROUNDS * 4 * 512 * 255 * 3
     history = MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
@@ -87,7 +88,7 @@ def test_leaderboard_command_reads_the_store(finished_run):
     header, _, row = shown.stdout.splitlines()[:3]
     assert "out of the box" in header and "after fine-tuning" in header and "compute (PF)" in header
     assert row.split()[:3] == ["alice", "FedAvg", "linear"]
-    assert f"{run.data.metrics['holdout_macro_f1']:.3f}" in row
+    assert f"{run.data.metrics['holdout_fine_tuned_macro_f1']:.3f}" in row
 
 
 def test_leaderboard_on_a_store_without_the_experiment_says_so(tmp_path):
@@ -109,7 +110,7 @@ def test_federated_with_one_node_matches_central_training(finished_run):
                                 seed=seed), meter)
     central = score_predictions(node.y_holdout.numpy(), predict(model, node.standard.x_holdout).numpy(),
                                 node.classes)
-    assert np.isclose(central.macro_f1, run.data.metrics["holdout_macro_f1"], atol=1e-9)
+    assert np.isclose(central.macro_f1, run.data.metrics["holdout_fine_tuned_macro_f1"], atol=1e-9)
     assert meter.total == run.data.metrics["compute_flops"]
 
 
@@ -134,7 +135,8 @@ def test_a_strategy_the_node_refuses_fails_the_run_with_the_rule_name(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     [run] = client.search_runs([client.get_experiment_by_name("cohortfl-leaderboard").experiment_id])
     assert run.info.status == "FAILED" and "proximal-mu-range" in run.data.tags["cohortfl.error"]
-    assert "holdout_oob_macro_f1" in run.data.metrics and "holdout_macro_f1" not in run.data.metrics
+    assert "holdout_out_of_the_box_macro_f1" in run.data.metrics
+    assert "holdout_fine_tuned_macro_f1" not in run.data.metrics
 
 
 @pytest.mark.parametrize("args, message", [
@@ -160,7 +162,7 @@ def test_the_export_ledger_lists_every_reply_and_only_whitelisted_records(finish
 
     rows = NodeLedger(tmp / "node-state" / "ledger.sqlite").exports("alice")
     assert [r.message_type for r in rows] == (
-        ["query.holdout_oob"] + ["train"] * ROUNDS + ["query.holdout_final"])
+        ["query.holdout_out_of_the_box"] + ["train"] * ROUNDS + ["query.holdout_fine_tuned"])
     allowed = {"arrays/linear.weight", "arrays/linear.bias", "metrics/train-loss",
                "metrics/num-examples", "metrics/compute-flops", "metrics/device-seconds",
                "metrics/recorded"}

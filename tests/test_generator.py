@@ -1,4 +1,4 @@
-"""The synthetic cohort generator (client/synthetic.py)."""
+"""The synthetic cohort generator (synthetic/disease.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from client.cohort import validate_frame
-from client.schema import CATEGORICAL_LEVELS, SCHEMA
-from client.synthetic import generate_cohort
+from contract.schema import CATEGORICAL_LEVELS, SCHEMA
+from synthetic.disease import generate_cohort
 
 
 def _columns(frame: pd.DataFrame, prefix: str) -> list[str]:
@@ -69,9 +69,9 @@ def test_the_true_posterior_is_a_distribution_and_beats_every_model(cohort_frame
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
-    from client.synthetic import generate_cohort as draw
-    from client.synthetic import public_gene_sets, true_posterior
     from models.pipeline import FeaturePipeline, FeatureSpec
+    from synthetic.disease import generate_cohort as draw
+    from synthetic.disease import public_gene_sets, true_posterior
 
     posterior = true_posterior(cohort_frame)
     assert posterior.shape == (640, 3)
@@ -100,7 +100,7 @@ def test_classes_are_ordinal_in_the_posterior(cohort_frame):
     """Expected class index under the posterior rises from Slow to Fast records."""
     import numpy as np
 
-    from client.synthetic import true_posterior
+    from synthetic.disease import true_posterior
 
     expected = true_posterior(cohort_frame) @ np.arange(3)
     by_class = cohort_frame.assign(e=expected).groupby("progression")["e"].mean()
@@ -112,7 +112,7 @@ def test_signatures_are_means_of_public_gene_sets(cohort_frame):
     partly overlap the true modules (a noisy prior)."""
     import numpy as np
 
-    from client.synthetic import disease, public_gene_sets, signature_sets
+    from synthetic.disease import disease, public_gene_sets, signature_sets
 
     sets = public_gene_sets()
     assert len(sets) == 30 and all(len(genes) >= 2 for genes in sets.values())
@@ -127,7 +127,7 @@ def test_signatures_are_means_of_public_gene_sets(cohort_frame):
 def test_external_cohort_has_the_schema_and_a_site_shift(cohort_frame):
     import numpy as np
 
-    from client.synthetic import EXTERNAL, generate_external_cohort
+    from synthetic.disease import EXTERNAL, generate_external_cohort
 
     external = generate_external_cohort(seed=1, n_records=1000)
     validate_frame(external)

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 
 from client.holdout import bootstrap_intervals, macro_f1, paired_bootstrap, score_predictions
+from contract.names import Moment
 
 CLASSES = ("Slow", "Medium", "Fast")
 
 
 def test_perfect_and_useless_predictions_have_degenerate_intervals():
     y = np.repeat([0, 1, 2], 40)
-    assert bootstrap_intervals(y, y, 3, seed=0)["macro_f1"] == (1.0, 1.0)
-    assert bootstrap_intervals(y, (y + 1) % 3, 3, seed=0)["macro_f1"] == (0.0, 0.0)
+    assert bootstrap_intervals(y, y, CLASSES, seed=0)["macro_f1", None] == (1.0, 1.0)
+    assert bootstrap_intervals(y, (y + 1) % 3, CLASSES, seed=0)["macro_f1", None] == (0.0, 0.0)
 
 
 def test_the_interval_holds_the_score_and_narrows_with_more_records():
@@ -20,7 +21,7 @@ def test_the_interval_holds_the_score_and_narrows_with_more_records():
     def width(n):
         y = rng.integers(0, 3, n)
         y_pred = np.where(rng.random(n) < 0.7, y, rng.integers(0, 3, n))
-        low, high = bootstrap_intervals(y, y_pred, 3, seed=1)["macro_f1"]
+        low, high = bootstrap_intervals(y, y_pred, CLASSES, seed=1)["macro_f1", None]
         score = score_predictions(y, y_pred, CLASSES).macro_f1
         assert low <= score <= high
         return high - low
@@ -33,7 +34,7 @@ def test_recall_intervals_match_sklearn_on_every_resample():
     """The vectorised confusion counts agree with a direct count on one resample."""
     rng = np.random.default_rng(3)
     y, y_pred = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
-    low, high = bootstrap_intervals(y, y_pred, 3, seed=2, resamples=1)["recall_2"]
+    low, high = bootstrap_intervals(y, y_pred, CLASSES, seed=2, resamples=1)["recall", "Fast"]
     picks = np.random.default_rng(2).integers(0, 50, size=(1, 50))[0]
     expected = score_predictions(y[picks], y_pred[picks], CLASSES).recall["Fast"]
     assert low == high == expected
@@ -41,9 +42,10 @@ def test_recall_intervals_match_sklearn_on_every_resample():
 
 def test_scores_carry_intervals_under_class_names():
     y = np.repeat([0, 1, 2], 10)
-    scores = score_predictions(y, y, CLASSES, bootstrap_intervals(y, y, 3, seed=0))
-    metrics = scores.as_metrics("holdout")
-    assert metrics["holdout_macro_f1_ci95_low"] == 1.0 and "holdout_recall_fast_ci95_high" in metrics
+    scores = score_predictions(y, y, CLASSES, bootstrap_intervals(y, y, CLASSES, seed=0))
+    metrics = scores.as_metrics(Moment.FINE_TUNED)
+    assert metrics["holdout_fine_tuned_macro_f1_ci95_low"] == 1.0
+    assert "holdout_fine_tuned_recall_fast_ci95_high" in metrics
 
 
 def _noisy(y: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
@@ -88,8 +90,8 @@ def test_pairing_narrows_the_interval_when_the_models_mostly_agree():
     changed = rng.choice(128, 6, replace=False)
     b[changed] = (b[changed] + 1) % 3
     paired = paired_bootstrap(y, a, b, 3, seed=0)
-    low_a, high_a = bootstrap_intervals(y, a, 3, seed=0)["macro_f1"]
-    low_b, high_b = bootstrap_intervals(y, b, 3, seed=1)["macro_f1"]
+    low_a, high_a = bootstrap_intervals(y, a, CLASSES, seed=0)["macro_f1", None]
+    low_b, high_b = bootstrap_intervals(y, b, CLASSES, seed=1)["macro_f1", None]
     unpaired_width = (high_a - low_b) - (low_a - high_b)  # widest difference the two intervals allow
     assert paired.high - paired.low < unpaired_width / 3
     assert paired.high - paired.low < 0.6 * min(high_a - low_a, high_b - low_b)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from contract.values import PairedDifference
 from server.leaderboard import Row, _top_group, format_leaderboard
 
 
 def _row(run_id: str, score: float, paired: dict | None = None) -> Row:
     return Row(contributor=run_id, strategy="FedAvg", model="mlp", out_of_the_box=0.3,
                out_of_the_box_ci95=(0.22, 0.38), fine_tuned=score,
-               fine_tuned_ci95=(score - 0.07, score + 0.07), fast_recall=0.8, fast_recall_ci95=(0.7, 0.9),
+               fine_tuned_ci95=(score - 0.07, score + 0.07), reported_recall=0.8,
+               reported_recall_ci95=(0.7, 0.9),
                compute_pf=1e-7, budget_used_pf=1e-7, budget_pf=100, submissions_used=1,
                submissions_limit=5, exported_bytes=1000, run_id=run_id, paired=paired or {},
                top_group="genes")
@@ -16,10 +18,10 @@ def _row(run_id: str, score: float, paired: dict | None = None) -> Row:
 
 def test_neighbours_are_compared_from_whichever_run_holds_the_pair():
     first = _row("r1", 0.85)
-    second = _row("r2", 0.80, {"r1": (-0.05, -0.09, -0.01)})  # written by the later run
-    third = _row("r3", 0.79, {"r2": (-0.01, -0.06, 0.04)})
-    assert first.versus(second) == (0.05, 0.01, 0.09)
-    assert second.versus(first) == (-0.05, -0.09, -0.01)
+    second = _row("r2", 0.80, {"r1": PairedDifference(-0.05, -0.09, -0.01)})  # written by the later run
+    third = _row("r3", 0.79, {"r2": PairedDifference(-0.01, -0.06, 0.04)})
+    assert first.versus(second) == PairedDifference(0.05, 0.01, 0.09)
+    assert second.versus(first) == PairedDifference(-0.05, -0.09, -0.01)
     lines = format_leaderboard([first, second, third]).splitlines()
     assert "+0.050 [+0.01, +0.09]" in lines[2] and "noise" not in lines[2]
     assert "+0.010 [-0.04, +0.06] noise" in lines[3]
@@ -28,6 +30,7 @@ def test_neighbours_are_compared_from_whichever_run_holds_the_pair():
 
 
 def test_top_group_is_the_largest_importance():
-    assert _top_group({"importance_genes": 0.1, "importance_set:GS03": 0.3, "holdout_macro_f1": 0.9}
+    assert _top_group({"importance_genes": 0.1, "importance_set:GS03": 0.3,
+                       "holdout_fine_tuned_macro_f1": 0.9}
                       ) == "set:GS03"
-    assert _top_group({"holdout_macro_f1": 0.9}) == "-"
+    assert _top_group({"holdout_fine_tuned_macro_f1": 0.9}) == "-"

@@ -108,7 +108,7 @@ def test_the_export_ledger_records_keys_shapes_and_bytes(ledger):
     reply = RecordDict({"arrays": ArrayRecord({"w": torch.zeros(3, 4)}),
                         "metrics": MetricRecord({"train-loss": 0.5, "num-examples": 512})})
     ledger.record_export("ada", "run-1", "train", reply)
-    ledger.record_export("bob", "run-2", "query.holdout_oob", None, "refused by rule 'x': y")
+    ledger.record_export("bob", "run-2", "query.holdout_out_of_the_box", None, "refused by rule 'x': y")
     [ada] = ledger.exports("ada")
     assert ada.keys == ["arrays/w", "metrics/train-loss", "metrics/num-examples"]
     assert ada.shapes == {"arrays/w": [3, 4]} and ada.bytes >= 3 * 4 * 4
@@ -128,23 +128,24 @@ def tight_node(tmp_path, cohort_parquet):
     from mlflow.tracking import MlflowClient
 
     from client.node import Node
-    from client.policy import WorkspacePolicy
+    from client.policy import NodePolicy
     from client.settings import NodeSettings
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     experiment = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
-    policy = WorkspacePolicy(compute_budget_pf=1.5 * LINEAR_ROUND_FLOPS / 1e15, submissions_max=1)
+    policy = NodePolicy(compute_budget_pf=1.5 * LINEAR_ROUND_FLOPS / 1e15, submissions_max=1)
     node = Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=uri, device="cpu",
                              state_dir=str(tmp_path / "state"), policy=policy))
     return node, lambda: client.create_run(experiment).info.run_id
 
 
 def _facts(run_id):
-    from client.runfacts import RunFacts
+    from runs import node_run
+
     from models import ModelSpec
 
-    return RunFacts(contributor="ada", submission_id=run_id, model=ModelSpec("linear"), seed=0,
+    return node_run(contributor="ada", submission_id=run_id, model=ModelSpec("linear"), seed=0,
                     num_rounds=5)
 
 
@@ -178,4 +179,4 @@ def test_the_node_refuses_a_submission_over_the_limit_before_scoring(tight_node)
     with pytest.raises(PolicyViolation, match="'submission-limit'.*1 of 1"):
         node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, second)}), second)
     metrics = MlflowClient(node.settings.tracking_uri).get_run(second.submission_id).data.metrics
-    assert "holdout_oob_macro_f1" not in metrics
+    assert "holdout_out_of_the_box_macro_f1" not in metrics

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from mlflow.tracking import MlflowClient
+from runs import node_run
 
 from client.cohort import load_cohort, split_cohort
 from client.errors import NodeError, PhaseViolation, PolicyViolation
 from client.holdout import score_predictions
-from client.ledger import CLOSED, NEW, SCORED_OOB, TRAINING
+from client.ledger import CLOSED, NEW, SCORED_OUT_OF_THE_BOX, TRAINING
 from client.node import Node
-from client.policy import TRAIN_METRIC_KEYS
-from client.runfacts import RunFacts
-from client.schema import SCHEMA
 from client.settings import NodeSettings
 from client.training import predict
+from contract.names import PAIRED_TAG_PREFIX, TRAIN_REPLY_KEYS
+from contract.schema import SCHEMA
+from contract.submission import Submission
+from contract.values import PairedDifference
 from models import ModelSpec
 from models.pipeline import FeaturePipeline, FeatureSpec
 
@@ -58,9 +60,9 @@ def _new_run(store) -> str:
 
 
 @pytest.fixture
-def facts(store) -> RunFacts:
+def facts(store) -> Submission:
     run_id = _new_run(store)  # a contributor per test: the node's submission limit is per contributor
-    return RunFacts(contributor=f"tester-{run_id[:8]}", submission_id=run_id, model=SPEC, seed=0,
+    return node_run(contributor=f"tester-{run_id[:8]}", submission_id=run_id, model=SPEC, seed=0,
                     num_rounds=ROUNDS)
 
 
@@ -68,7 +70,7 @@ def _arrays(model: torch.nn.Module) -> ArrayRecord:
     return ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
-def _initial(node: Node, facts: RunFacts) -> ArrayRecord:
+def _initial(node: Node, facts: Submission) -> ArrayRecord:
     return _arrays(node.build(facts)[0])
 
 
@@ -81,7 +83,7 @@ def _plain(reply: RecordDict) -> dict:
     return {key: dict(record) for key, record in reply.items()}
 
 
-def _score(node: Node, facts: RunFacts, arrays: ArrayRecord):
+def _score(node: Node, facts: Submission, arrays: ArrayRecord):
     model = node.build(facts)[0]
     model.load_state_dict(arrays.to_torch_state_dict())
     y_pred = predict(model, node.cohort.standard.x_holdout).numpy()
@@ -93,7 +95,7 @@ def _score(node: Node, facts: RunFacts, arrays: ArrayRecord):
 
 @dataclass
 class Finished:
-    facts: RunFacts
+    facts: Submission
     submitted: ArrayRecord
     oob_reply: RecordDict
     train_replies: list[RecordDict]
@@ -102,17 +104,17 @@ class Finished:
 
 @pytest.fixture(scope="module")
 def finished(node, store) -> Finished:
-    facts = RunFacts(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0,
+    facts = node_run(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0,
                      num_rounds=ROUNDS)
     submitted = _initial(node, facts)
     oob_reply = node.score_out_of_the_box(RecordDict({"arrays": submitted}), facts)
-    assert node.ledger.phase(facts.submission_id) == SCORED_OOB
+    assert node.ledger.phase(facts.submission_id) == SCORED_OUT_OF_THE_BOX
     arrays, replies = submitted, []
     for server_round in range(1, ROUNDS + 1):
         replies.append(node.train(_train_content(arrays, server_round), facts))
         arrays = replies[-1]["arrays"]
         assert node.ledger.phase(facts.submission_id) == TRAINING
-    final_reply = node.score_final(RecordDict({"arrays": arrays}), facts)
+    final_reply = node.score_fine_tuned(RecordDict({"arrays": arrays}), facts)
     return Finished(facts, submitted, oob_reply, replies, final_reply)
 
 
@@ -129,8 +131,8 @@ def test_holdout_replies_carry_only_an_acknowledgement(finished, node):
 def test_oob_score_of_the_submitted_model_is_recorded(store, finished, node, cohort_parquet):
     run = _run(store, finished)
     expected = _score(node, finished.facts, finished.submitted)
-    assert run.data.metrics["holdout_oob_macro_f1"] == pytest.approx(expected.macro_f1)
-    assert 0.0 <= run.data.metrics["holdout_oob_macro_f1"] <= 1.0
+    assert run.data.metrics["holdout_out_of_the_box_macro_f1"] == pytest.approx(expected.macro_f1)
+    assert 0.0 <= run.data.metrics["holdout_out_of_the_box_macro_f1"] <= 1.0
     assert run.data.params["cohort_digest"] == hashlib.sha256(cohort_parquet.read_bytes()).hexdigest()
     assert run.data.params["n_train"] == "512" and run.data.params["n_holdout"] == "128"
 
@@ -139,8 +141,8 @@ def test_final_score_curve_and_compute_are_recorded(store, finished, node):
     client = MlflowClient(store[0])
     metrics = _run(store, finished).data.metrics
     expected = _score(node, finished.facts, finished.train_replies[-1]["arrays"])
-    assert metrics["holdout_macro_f1"] == pytest.approx(expected.macro_f1)
-    assert metrics["holdout_recall_fast"] == pytest.approx(expected.recall["Fast"])
+    assert metrics["holdout_fine_tuned_macro_f1"] == pytest.approx(expected.macro_f1)
+    assert metrics["holdout_fine_tuned_recall_fast"] == pytest.approx(expected.recall["Fast"])
     assert metrics["compute_flops"] > 0
     assert metrics["compute_flops"] == ROUNDS * ROUND_FLOPS
     assert metrics["rounds_trained"] == ROUNDS
@@ -162,7 +164,7 @@ def test_train_reply_carries_only_model_arrays_and_allowed_scalars(finished, nod
         assert {k: tuple(a.shape) for k, a in arrays.items()} == shapes
         assert {a.dtype for a in arrays.values()} == {"float32"}
         metrics = dict(reply["metrics"])
-        assert set(metrics) == TRAIN_METRIC_KEYS
+        assert set(metrics) == TRAIN_REPLY_KEYS
         assert metrics["num-examples"] == N_TRAIN
         assert metrics["compute-flops"] == ROUND_FLOPS
     before = finished.submitted["net.0.weight"].numpy()
@@ -172,10 +174,10 @@ def test_train_reply_carries_only_model_arrays_and_allowed_scalars(finished, nod
 
 def test_nothing_is_accepted_after_the_final_holdout(node, finished):
     arrays = finished.train_replies[-1]["arrays"]
-    more = RunFacts(**{**finished.facts.__dict__, "num_rounds": ROUNDS + 5})
+    more = replace(finished.facts, num_rounds=ROUNDS + 5)
     for action, content in [(node.train, _train_content(arrays, ROUNDS + 1)),
                             (node.score_out_of_the_box, RecordDict({"arrays": arrays})),
-                            (node.score_final, RecordDict({"arrays": arrays}))]:
+                            (node.score_fine_tuned, RecordDict({"arrays": arrays}))]:
         with pytest.raises(PhaseViolation, match="submission-phases"):
             action(content, more)
     run_id = finished.facts.submission_id
@@ -200,8 +202,8 @@ def test_final_before_any_training_is_refused(node, facts, scored):
     if scored:
         node.score_out_of_the_box(content, facts)
     with pytest.raises(PhaseViolation, match="submission-phases"):
-        node.score_final(content, facts)
-    assert node.ledger.phase(facts.submission_id) == (SCORED_OOB if scored else NEW)
+        node.score_fine_tuned(content, facts)
+    assert node.ledger.phase(facts.submission_id) == (SCORED_OUT_OF_THE_BOX if scored else NEW)
 
 
 def test_a_second_oob_scoring_is_refused(node, facts, store):
@@ -209,8 +211,9 @@ def test_a_second_oob_scoring_is_refused(node, facts, store):
     node.score_out_of_the_box(content, facts)
     with pytest.raises(PhaseViolation, match="submission-phases"):
         node.score_out_of_the_box(content, facts)
-    assert node.ledger.phase(facts.submission_id) == SCORED_OOB
-    history = MlflowClient(store[0]).get_metric_history(facts.submission_id, "holdout_oob_macro_f1")
+    assert node.ledger.phase(facts.submission_id) == SCORED_OUT_OF_THE_BOX
+    history = MlflowClient(store[0]).get_metric_history(facts.submission_id,
+                                                        "holdout_out_of_the_box_macro_f1")
     assert len(history) == 1
 
 
@@ -223,7 +226,7 @@ def _metrics(store, facts) -> dict:
 
 def _wrong_shapes(node, facts) -> ArrayRecord:
     wide = ModelSpec("mlp", {"hidden": [HIDDEN + 1]})
-    other = RunFacts(facts.contributor, facts.submission_id, wide, facts.seed, facts.num_rounds)
+    other = replace(facts, model=wide)
     return _initial(node, other)
 
 
@@ -238,7 +241,7 @@ def test_train_with_wrong_shapes_is_refused(node, facts):
     node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), facts)
     with pytest.raises(PolicyViolation, match="model-arrays"):
         node.train(_train_content(_wrong_shapes(node, facts)), facts)
-    assert node.ledger.phase(facts.submission_id) == SCORED_OOB
+    assert node.ledger.phase(facts.submission_id) == SCORED_OUT_OF_THE_BOX
     assert node.ledger.rounds(facts.submission_id) == []
 
 
@@ -254,7 +257,7 @@ def test_train_with_a_record_selecting_config_is_refused(node, facts):
 
 
 def test_oob_for_an_unknown_submission_is_refused(node, facts):
-    unknown = RunFacts(facts.contributor, "0" * 32, facts.model, facts.seed, facts.num_rounds)
+    unknown = replace(facts, submission_id="0" * 32)
     with pytest.raises(NodeError, match="submission-id"):
         node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), unknown)
     assert node.ledger.phase(unknown.submission_id) == NEW
@@ -292,12 +295,12 @@ def test_preprocessing_statistics_come_from_the_training_split(settings, cohort_
 
 
 def test_the_node_holds_torch_to_the_policys_cpu_threads(cohort_parquet, tmp_path, store):
-    from client.policy import WorkspacePolicy
+    from client.policy import NodePolicy
 
     before = torch.get_num_threads()
     try:
         Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=store[0], device="cpu",
-                          state_dir=str(tmp_path / "s"), policy=WorkspacePolicy(run_cpu_threads=1)))
+                          state_dir=str(tmp_path / "s"), policy=NodePolicy(run_cpu_threads=1)))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -318,15 +321,16 @@ def test_permutation_importance_is_recorded_per_feature_and_group(store, finishe
 def test_a_second_run_is_compared_with_the_first_record_by_record(node, store, finished):
     """The same final weights, submitted again: the paired difference is exactly 0, and the
     comparison is a tag on the later run; the predictions themselves stay on the node."""
-    facts = RunFacts(contributor="tester-2", submission_id=_new_run(store), model=SPEC, seed=0,
+    facts = node_run(contributor="tester-2", submission_id=_new_run(store), model=SPEC, seed=0,
                      num_rounds=1)
     final = finished.train_replies[-1]["arrays"]
     node.score_out_of_the_box(RecordDict({"arrays": final}), facts)
     node.train(_train_content(final, 1, lr=1e-5), facts)  # a negligible step
-    reply = node.score_final(RecordDict({"arrays": final}), facts)
+    reply = node.score_fine_tuned(RecordDict({"arrays": final}), facts)
     assert _plain(reply) == {"metrics": {"recorded": 1}}
     tags = MlflowClient(store[0]).get_run(facts.submission_id).data.tags
-    difference, low, high = map(float, tags[f"paired.{finished.facts.submission_id}"].split())
+    paired = PairedDifference.from_text(tags[f"{PAIRED_TAG_PREFIX}{finished.facts.submission_id}"])
+    difference, low, high = paired.difference, paired.low, paired.high
     assert difference == low == high == 0.0
     with sqlite3.connect(node.ledger.path) as db:  # kept on the node, one row per closed run
         kept = dict(db.execute("SELECT run_id, length(predictions) FROM holdout_predictions"))
@@ -339,19 +343,19 @@ def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
                            interaction_left="gene_sets")
     model = ModelSpec("pathway", {"gene_sets": {k: list(v) for k, v in sets.items()},
                                   "interaction_columns": ["clinical_0", "clinical_3"]})
-    facts = RunFacts(contributor="tester-p", submission_id=_new_run(store), model=model, seed=0,
+    facts = node_run(contributor="tester-p", submission_id=_new_run(store), model=model, seed=0,
                      num_rounds=1, features=features)
     initial = _initial(node, facts)
     node.score_out_of_the_box(RecordDict({"arrays": initial}), facts)
     reply = node.train(_train_content(initial, 1), facts)
     assert set(reply["arrays"].keys()) == set(initial.keys())
-    node.score_final(RecordDict({"arrays": reply["arrays"]}), facts)
+    node.score_fine_tuned(RecordDict({"arrays": reply["arrays"]}), facts)
     metrics = MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
-    assert "importance_set:a" in metrics and "holdout_macro_f1" in metrics
+    assert "importance_set:a" in metrics and "holdout_fine_tuned_macro_f1" in metrics
 
 
 def test_a_failing_importance_does_not_fail_a_scored_run(node, store, monkeypatch):
-    facts = RunFacts(contributor="tester-i", submission_id=_new_run(store), model=SPEC, seed=0,
+    facts = node_run(contributor="tester-i", submission_id=_new_run(store), model=SPEC, seed=0,
                      num_rounds=1)
     initial = _initial(node, facts)
     node.score_out_of_the_box(RecordDict({"arrays": initial}), facts)
@@ -361,14 +365,15 @@ def test_a_failing_importance_does_not_fail_a_scored_run(node, store, monkeypatc
         raise RuntimeError("importance failed")
 
     monkeypatch.setattr(Node, "_importance", broken)
-    assert _plain(node.score_final(RecordDict({"arrays": trained}), facts)) == {"metrics": {"recorded": 1}}
-    assert "holdout_macro_f1" in MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
+    reply = node.score_fine_tuned(RecordDict({"arrays": trained}), facts)
+    assert _plain(reply) == {"metrics": {"recorded": 1}}
+    assert "holdout_fine_tuned_macro_f1" in MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
 
 
 def test_a_refused_model_reads_no_data_for_its_features(node, store):
     """The model is checked against the policy before the contributor's pipeline is fitted."""
     features = FeatureSpec(gene_sets={"q": ("gene_7", "gene_8")})
-    facts = RunFacts(contributor="tester-r", submission_id=_new_run(store), seed=0, num_rounds=1,
+    facts = node_run(contributor="tester-r", submission_id=_new_run(store), seed=0, num_rounds=1,
                      model=ModelSpec("mlp", {"hidden": [10**6]}), features=features)
     with pytest.raises(PolicyViolation, match="max-parameters"):
         node.build(facts)

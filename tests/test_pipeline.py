@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from client.schema import SCHEMA
+from contract.schema import SCHEMA
 from models.genesets import rank_scores
 from models.pipeline import FeaturePipeline, FeatureSpec, FeatureSpecError
 

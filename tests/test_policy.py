@@ -11,19 +11,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PolicyViolation, ReplyRefused
 from client.policy import (
-    HOLDOUT_METRIC_KEYS,
-    TRAIN_METRIC_KEYS,
-    WorkspacePolicy,
+    NodePolicy,
     check_arrays,
     check_content_keys,
     check_reply,
     parse_train_config,
 )
 from client.training import TrainConfig
+from contract.names import HOLDOUT_REPLY_KEYS, TRAIN_REPLY_KEYS
 from models.linear import LinearClassifier
 from models.mlp import MLPClassifier
 
-POLICY = WorkspacePolicy()
+POLICY = NodePolicy()
 VALID = {"lr": 0.05, "local-epochs": 2, "batch-size": 32}
 
 
@@ -61,13 +60,13 @@ def _refused(rule: str, call, *args, **kwargs) -> PolicyViolation:
 def _parse(**changes):
     config = {**VALID, **changes}
     config = {k: v for k, v in config.items() if v is not None}
-    return parse_train_config(ConfigRecord(config), POLICY, seed=7)
+    return parse_train_config(ConfigRecord(config), POLICY)
 
 
 def test_valid_config_is_accepted():
     config = _parse(**{"proximal-mu": 0.1, "server-round": 3})
     assert config == TrainConfig(lr=0.05, local_epochs=2, batch_size=32, proximal_mu=0.1,
-                                 server_round=3, seed=7)
+                                 server_round=3)
     assert isinstance(config.local_epochs, int) and isinstance(config.batch_size, int)
 
 
@@ -114,13 +113,13 @@ def test_values_outside_the_policy_are_refused(rule, key, value):
 
 
 def test_policy_limits_are_the_ones_applied():
-    strict = WorkspacePolicy(batch_size_min=64, local_epochs_max=1)
+    strict = NodePolicy(batch_size_min=64, local_epochs_max=1)
     with pytest.raises(PolicyViolation, match="batch-size-range"):
-        parse_train_config(ConfigRecord({**VALID, "local-epochs": 1}), strict, seed=0)
+        parse_train_config(ConfigRecord({**VALID, "local-epochs": 1}), strict)
     with pytest.raises(PolicyViolation, match="local-epochs-range"):
-        parse_train_config(ConfigRecord({**VALID, "batch-size": 64}), strict, seed=0)
+        parse_train_config(ConfigRecord({**VALID, "batch-size": 64}), strict)
     assert parse_train_config(ConfigRecord({**VALID, "batch-size": 64, "local-epochs": 1}),
-                              strict, seed=0).batch_size == 64
+                              strict).batch_size == 64
 
 
 @pytest.mark.parametrize("key, value", [
@@ -179,8 +178,8 @@ def test_integer_arrays_are_refused():
 
 def test_oversized_arrays_are_refused():
     arrays = ArrayRecord(MODEL.state_dict())
-    _refused("max-array-bytes", check_arrays, arrays, SHAPES, WorkspacePolicy(max_array_bytes=1000))
-    check_arrays(arrays, SHAPES, WorkspacePolicy(max_array_bytes=arrays.count_bytes() + 10_000))
+    _refused("max-array-bytes", check_arrays, arrays, SHAPES, NodePolicy(max_array_bytes=1000))
+    check_arrays(arrays, SHAPES, NodePolicy(max_array_bytes=arrays.count_bytes() + 10_000))
 
 
 @pytest.mark.parametrize("thing", [None, ConfigRecord({"lr": 0.1}), MetricRecord({"x": 1.0}),
@@ -215,19 +214,19 @@ def _reply(state=None, metrics=None, **extra) -> RecordDict:
     return reply
 
 
-def _reply_refused(reply, match, expected=SHAPES, keys=TRAIN_METRIC_KEYS) -> ReplyRefused:
+def _reply_refused(reply, match, expected=SHAPES, keys=TRAIN_REPLY_KEYS) -> ReplyRefused:
     with pytest.raises(ReplyRefused, match=match) as info:
         check_reply(reply, expected, keys, POLICY)
     return info.value
 
 
 def test_valid_train_reply_passes():
-    check_reply(_reply(), SHAPES, TRAIN_METRIC_KEYS, POLICY)
-    check_reply(_reply(metrics={"train-loss": 0.5}), SHAPES, TRAIN_METRIC_KEYS, POLICY)
+    check_reply(_reply(), SHAPES, TRAIN_REPLY_KEYS, POLICY)
+    check_reply(_reply(metrics={"train-loss": 0.5}), SHAPES, TRAIN_REPLY_KEYS, POLICY)
 
 
 def test_valid_holdout_reply_passes():
-    check_reply(RecordDict({"metrics": MetricRecord({"recorded": 1})}), None, HOLDOUT_METRIC_KEYS,
+    check_reply(RecordDict({"metrics": MetricRecord({"recorded": 1})}), None, HOLDOUT_REPLY_KEYS,
                 POLICY)
 
 
@@ -245,12 +244,12 @@ def test_missing_metrics_record_is_refused():
 def test_arrays_in_a_holdout_reply_are_refused():
     reply = RecordDict({"arrays": ArrayRecord(MODEL.state_dict()),
                         "metrics": MetricRecord({"recorded": 1})})
-    _reply_refused(reply, "exactly the records", expected=None, keys=HOLDOUT_METRIC_KEYS)
+    _reply_refused(reply, "exactly the records", expected=None, keys=HOLDOUT_REPLY_KEYS)
 
 
 def test_holdout_score_in_a_holdout_reply_is_refused():
     reply = RecordDict({"metrics": MetricRecord({"recorded": 1, "holdout-macro-f1": 0.4})})
-    _reply_refused(reply, "scalars named in", expected=None, keys=HOLDOUT_METRIC_KEYS)
+    _reply_refused(reply, "scalars named in", expected=None, keys=HOLDOUT_REPLY_KEYS)
 
 
 @pytest.mark.parametrize("extra", [{"per-record-loss": [0.1, 0.2, 0.3]}, {"per-record-loss": 0.2},
@@ -306,4 +305,4 @@ def test_an_array_whose_data_differs_from_its_declared_shape_is_refused():
 
 @pytest.mark.parametrize("config", [None, MetricRecord({"lr": 0.1})])
 def test_a_train_config_that_is_not_a_config_record_is_refused(config):
-    _refused("message-records", parse_train_config, config, POLICY, 0)
+    _refused("message-records", parse_train_config, config, POLICY)

@@ -4,12 +4,12 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from mlflow.tracking import MlflowClient
+from runs import node_run
 
 from client.errors import PolicyViolation
 from client.node import Node
-from client.policy import WorkspacePolicy
+from client.policy import NodePolicy
 from client.privacy import PrivacyPolicy, epsilon, round_entry, train_local_dp
-from client.runfacts import RunFacts
 from client.settings import NodeSettings
 from client.training import FlopMeter, TrainConfig, train_local
 from models import ModelSpec, build_model
@@ -45,7 +45,7 @@ def private_node(tmp_path, cohort_parquet):
     entry = round_entry(512, TrainConfig(lr=0.1, local_epochs=1, batch_size=32), PrivacyPolicy(
         1.0, 1.0, 1e-5, 0))
     budget = (epsilon([entry], 1e-5) + epsilon([entry, entry], 1e-5)) / 2  # 1 round fits, 2 do not
-    policy = WorkspacePolicy(dp_enabled=True, dp_epsilon_budget=budget)
+    policy = NodePolicy(dp_enabled=True, dp_epsilon_budget=budget)
     node = Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=uri, device="cpu",
                              state_dir=str(tmp_path / "state"), policy=policy))
     return node, lambda: client.create_run(experiment).info.run_id
@@ -59,14 +59,14 @@ def _content(node, facts, server_round, **config):
 
 def test_the_node_accounts_epsilon_per_contributor_and_refuses_over_budget(private_node):
     node, new_run = private_node
-    facts = RunFacts("ada", new_run(), ModelSpec("linear"), 0, num_rounds=5)
+    facts = node_run("ada", new_run(), ModelSpec("linear"), 0, num_rounds=5)
     node.score_out_of_the_box(RecordDict({"arrays": _content(node, facts, 1)["arrays"]}), facts)
     node.train(_content(node, facts, 1), facts)
     with pytest.raises(PolicyViolation, match="'privacy-budget'"):
         node.train(_content(node, facts, 2), facts)
     with pytest.raises(PolicyViolation, match="'dp-proximal'"):
         node.train(_content(node, facts, 3, **{"proximal-mu": 0.1}), facts)
-    node.score_final(RecordDict({"arrays": _content(node, facts, 1)["arrays"]}), facts)
+    node.score_fine_tuned(RecordDict({"arrays": _content(node, facts, 1)["arrays"]}), facts)
     metrics = MlflowClient(node.settings.tracking_uri).get_run(facts.submission_id).data.metrics
     assert 0 < metrics["privacy_epsilon"] <= metrics["privacy_epsilon_budget"]
     assert metrics["privacy_delta"] == 1e-5

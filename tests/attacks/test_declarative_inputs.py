@@ -10,16 +10,18 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from mlflow.tracking import MlflowClient
+from runs import node_run
 
 from client.errors import PolicyViolation
 from client.node import Node
-from client.runfacts import RunFacts
+from client.policy import read_submission
 from client.settings import NodeSettings
+from contract.submission import Submission
 from models import ModelSpec
 
 SETS = {"a": ["gene_0", "gene_1", "gene_2"], "b": ["gene_3", "gene_4"]}
 PATHWAY = ModelSpec("pathway", {"gene_sets": SETS, "interaction_columns": ["clinical_0"]})
-RUN = {"contributor": "mallory", "seed": 0, "num-rounds": 2}
+RUN = node_run("mallory", "", ModelSpec("linear"), num_rounds=2).to_run_config()
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +33,11 @@ def node(tmp_path_factory, cohort_parquet) -> Node:
                              state_dir=str(root / "state")))
 
 
-def _facts(node: Node, model: ModelSpec, features: str = "{}") -> RunFacts:
+def _facts(node: Node, model: ModelSpec, features: str = "{}") -> Submission:
     client = MlflowClient(node.settings.tracking_uri)
     run_id = client.create_run(client.get_experiment_by_name("attacks").experiment_id).info.run_id
-    return RunFacts.from_run_config({**RUN, "submission-id": run_id, "model": model.to_json(),
-                                     "features": features})
+    return read_submission({**RUN, "submission-id": run_id, "model": model.to_json(),
+                            "features": features})
 
 
 @pytest.mark.parametrize("features, why", [

@@ -19,14 +19,14 @@ from flwr.serverapp import Grid, ServerApp
 
 from client.app import build_client_app
 from client.ledger import NodeLedger
-from client.policy import WorkspacePolicy
+from client.policy import NodePolicy
 from client.settings import NodeSettings
-from client.synthetic import generate_cohort
+from contract.submission import Submission
 from models import ModelSpec, build_model
 from server.app import wait_for_nodes
 from server.engine import run_simulation
-from server.submission import Submission
 from server.workspace import Workspace
+from synthetic.disease import generate_cohort
 
 SENTINEL = 987654.321
 LINEAR = {"linear.weight": (3, 255), "linear.bias": (3,)}
@@ -48,14 +48,14 @@ ATTACKS = [
     ("ask for predictions", "query.predictions", RecordDict(), "No query function"),
     ("ask for federated evaluation", "evaluate", RecordDict({"arrays": _arrays()}), "No evaluate function"),
     ("train before the out-of-the-box score", "train", _train(), "submission-phases"),
-    ("an output as wide as the cohort", "query.holdout_oob",
+    ("an output as wide as the cohort", "query.holdout_out_of_the_box",
      RecordDict({"arrays": _arrays(**{"linear.weight": np.zeros((512, 255), np.float32),
                                       "linear.bias": np.zeros(512, np.float32)})}), "model-arrays"),
-    ("oversized arrays", "query.holdout_oob",
+    ("oversized arrays", "query.holdout_out_of_the_box",
      RecordDict({"arrays": _arrays(**{"linear.weight": np.zeros((3, 200_000), np.float32)})}),
      "max-array-bytes"),
-    ("out of the box, honestly", "query.holdout_oob", RecordDict({"arrays": _arrays()}), ""),
-    ("a second out-of-the-box score", "query.holdout_oob", RecordDict({"arrays": _arrays()}),
+    ("out of the box, honestly", "query.holdout_out_of_the_box", RecordDict({"arrays": _arrays()}), ""),
+    ("a second out-of-the-box score", "query.holdout_out_of_the_box", RecordDict({"arrays": _arrays()}),
      "submission-phases"),
     ("select records by index", "train", _train(**{"record-ids": [0, 1, 2]}), "known-config-keys"),
     ("claim another contributor", "train", _train(contributor="alice"), "known-config-keys"),
@@ -77,8 +77,8 @@ ATTACKS = [
     ("replay the same round", "train", _train(), "round-once"),
     ("a second round, honestly", "train", _train(server_round=2), ""),
     ("more rounds than the run has", "train", _train(server_round=3), "rounds-range"),
-    ("final score, honestly", "query.holdout_final", RecordDict({"arrays": _arrays()}), ""),
-    ("a second final score", "query.holdout_final", RecordDict({"arrays": _arrays()}),
+    ("final score, honestly", "query.holdout_fine_tuned", RecordDict({"arrays": _arrays()}), ""),
+    ("a second final score", "query.holdout_fine_tuned", RecordDict({"arrays": _arrays()}),
      "submission-phases"),
     ("train after the final score", "train", _train(server_round=2), "submission-phases"),
 ]
@@ -93,7 +93,7 @@ def attacked(tmp_path_factory):
     cohort.to_parquet(tmp / "cohort.parquet", index=False)
     node = NodeSettings(data_path=str(tmp / "cohort.parquet"), tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                         state_dir=str(tmp / "node-state"), device="cpu",
-                        policy=WorkspacePolicy(max_array_bytes=1_000_000))
+                        policy=NodePolicy(max_array_bytes=1_000_000))
     workspace = Workspace(node, "attacks")
     submission = workspace.open_run(Submission(
         contributor="mallory", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
@@ -154,7 +154,7 @@ def test_the_official_record_holds_both_scores_once(attacked):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(node.tracking_uri)
-    for key in ("holdout_oob_macro_f1", "holdout_macro_f1"):
+    for key in ("holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1"):
         assert len(client.get_metric_history(submission.submission_id, key)) == 1
 
 
@@ -169,7 +169,7 @@ def test_the_sentinel_appears_in_no_node_log_line(tmp_path, caplog, monkeypatch)
     cohort.to_parquet(tmp_path / "cohort.parquet", index=False)
     node = NodeSettings(data_path=str(tmp_path / "cohort.parquet"),
                         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", state_dir=str(tmp_path / "s"),
-                        device="cpu", policy=WorkspacePolicy(max_array_bytes=1_000_000))
+                        device="cpu", policy=NodePolicy(max_array_bytes=1_000_000))
     submission = Workspace(node, "logs").open_run(Submission(
         contributor="mallory", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
         model=ModelSpec("linear"), lr=0.05, batch_size=32, local_epochs=1, num_rounds=2))

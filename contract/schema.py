@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from models.pipeline import FeaturePipeline, FeatureSpec
+
 GENE_COLUMNS: tuple[str, ...] = tuple(f"gene_{i}" for i in range(200))
 CLINICAL_COLUMNS: tuple[str, ...] = tuple(f"clinical_{i}" for i in range(29))
 SIGNATURE_COLUMNS: tuple[str, ...] = tuple(f"signature_{i}" for i in range(21))
@@ -17,6 +19,8 @@ CATEGORICAL_LEVELS: dict[str, tuple[str, ...]] = {
 ID_COLUMN = "patient_id"
 LABEL_COLUMN = "progression"
 CLASSES: tuple[str, ...] = ("Slow", "Medium", "Fast")
+#: The class whose recall is reported beside macro-F1 (the foundation's clinical priority).
+REPORTED_CLASS = "Fast"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,10 @@ class CohortSchema:
         The 250 numerical feature columns (genes, clinical, signatures).
     categorical : dict of str to tuple of str
         The 2 categorical feature columns and their allowed levels.
+    classes : tuple of str
+        The label's classes, in order (progression is ordinal: Slow < Medium < Fast).
+    reported_class : str
+        The class whose recall the leaderboard shows beside macro-F1.
     """
 
     numeric: tuple[str, ...] = GENE_COLUMNS + CLINICAL_COLUMNS + SIGNATURE_COLUMNS
@@ -38,6 +46,7 @@ class CohortSchema:
     id_column: str = ID_COLUMN
     label_column: str = LABEL_COLUMN
     classes: tuple[str, ...] = CLASSES
+    reported_class: str = REPORTED_CLASS
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -47,6 +56,17 @@ class CohortSchema:
     def label_indices(self, labels: pd.Series) -> np.ndarray:
         """Class indices (into ``classes``) of a column of class names, shape (n,)."""
         return labels.map({c: i for i, c in enumerate(self.classes)}).to_numpy(np.int64, copy=True)
+
+    def pipeline(self, spec: FeatureSpec) -> FeaturePipeline:
+        """The unfitted feature pipeline ``spec`` asks for over this schema's columns.
+
+        Raises
+        ------
+        FeatureSpecError
+            The spec names columns the schema does not have.
+        """
+        spec.validate(self.numeric)
+        return FeaturePipeline(spec, self.numeric, self.categorical)
 
     @property
     def all_columns(self) -> tuple[str, ...]:

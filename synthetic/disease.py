@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from client.schema import (
+from contract.schema import (
     CATEGORICAL_LEVELS,
     CLASSES,
     CLINICAL_COLUMNS,

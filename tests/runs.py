@@ -1,0 +1,16 @@
+"""Submissions as the node reads them from a run config, for tests that call the node directly."""
+
+from __future__ import annotations
+
+from contract.submission import Submission
+from models import ModelSpec
+from models.pipeline import FeatureSpec
+
+
+def node_run(contributor: str, submission_id: str, model: ModelSpec, seed: int = 0,
+             num_rounds: int = 1, features: FeatureSpec | None = None) -> Submission:
+    """A FedAvg submission with the node-facing fields given and the pilot's hyperparameters."""
+    return Submission(contributor=contributor, submission_id=submission_id, model=model, seed=seed,
+                      num_rounds=num_rounds, features=features or FeatureSpec(),
+                      strategy={"_target_": "flwr.serverapp.strategy.FedAvg"}, lr=0.05, batch_size=32,
+                      local_epochs=1)
