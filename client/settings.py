@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from flwr.app.user_config import UserConfig
+from flwr.app import UserConfig
 from omegaconf import OmegaConf
 
 from client.errors import NodeError

@@ -7,6 +7,10 @@ context and the ClientApp through an app manifest, as Flower fuses a FAB's confi
 
 ``run_on_superlink`` submits the project to a running SuperLink with ``flwr run``;
 the SuperNodes run the foundation's ClientApp with their own ``--node-config``.
+
+This is the only module that uses Flower's private API, all of it named in
+``PRIVATE_FLOWER_API`` and checked by ``tests/test_flower_private_api.py``: on another Flower
+version that test says which symbol moved, before a run fails.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import tomli_w
 from flwr.app import Context, RecordDict
-from flwr.app.user_config import UserConfig
+from flwr.app import UserConfig
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
@@ -29,6 +33,18 @@ from flwr.supercore.constant import NOOP_FEDERATION_ID
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
+
+#: The Flower version whose internals this module was written against.
+FLOWER_VERSION = "1.42.0"
+#: Every private Flower symbol used here (module, name): an upgrade checks each of them.
+PRIVATE_FLOWER_API = (
+    ("flwr.simulation.run_simulation", "_run_simulation"),
+    ("flwr.common.constant", "SUPERLINK_NODE_ID"),
+    ("flwr.supercore.constant", "NOOP_FEDERATION_ID"),
+    ("flwr.supercore.run", "Run"),
+    ("flwr.supercore.task_identity", "TaskIdentity"),
+    ("flwr.supercore.telemetry", "EventType"),
+)
 
 
 def run_simulation(server_app: ServerApp, client_app: ClientApp, run_config: UserConfig,

@@ -1,0 +1,70 @@
+"""Flower's private API, named in one place: an upgrade learns here what moved, not in a hung run.
+
+``server/engine.py`` starts the simulation engine in-process through internals of Flower;
+every other module uses only Flower's public packages. These tests pin both facts.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from server.engine import FLOWER_VERSION, PRIVATE_FLOWER_API
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLIC = ("flwr.app", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.clientapp")
+UPGRADE_HINT = (f"server/engine.py was written against flwr {FLOWER_VERSION}; installed is "
+                f"flwr {version('flwr')}. Re-read these internals in the installed Flower")
+
+
+def test_the_installed_flower_is_the_one_the_engine_was_written_for():
+    assert version("flwr") == FLOWER_VERSION, f"{UPGRADE_HINT}: {PRIVATE_FLOWER_API}"
+
+
+@pytest.mark.parametrize("module, name", PRIVATE_FLOWER_API)
+def test_every_private_symbol_still_exists(module, name):
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as ex:
+        pytest.fail(f"{UPGRADE_HINT}: {module}.{name} is gone ({ex})")
+    assert found is not None
+
+
+def test_run_simulation_still_takes_the_arguments_the_engine_passes():
+    from flwr.simulation.run_simulation import _run_simulation
+
+    passed = {"num_supernodes", "exit_event", "client_app", "server_app", "server_app_context",
+              "backend_config", "app_dir", "is_app", "run", "verbose_logging"}
+    missing = passed - set(inspect.signature(_run_simulation).parameters)
+    assert not missing, f"{UPGRADE_HINT}: _run_simulation no longer takes {sorted(missing)}"
+
+
+def _flower_imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) of every ``from flwr... import name`` and ``import flwr...`` in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flwr"):
+            found += [(node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, "") for alias in node.names if alias.name.startswith("flwr")]
+    return found
+
+
+def test_only_the_engine_uses_flower_beyond_its_public_packages():
+    declared = set(PRIVATE_FLOWER_API)
+    offenders = []
+    for folder in ("contract", "client", "server", "strategies", "models", "synthetic"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for module, name in _flower_imports(path):
+                if module in PUBLIC and not name.startswith("_"):
+                    continue
+                if path.name == "engine.py" and (module, name) in declared:
+                    continue
+                offenders.append(f"{path.relative_to(ROOT)}: {module}.{name}")
+    assert not offenders, ("private Flower API outside server/engine.py's PRIVATE_FLOWER_API: "
+                           + "; ".join(offenders))
