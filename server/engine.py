@@ -23,8 +23,7 @@ import tempfile
 from pathlib import Path
 
 import tomli_w
-from flwr.app import Context, RecordDict
-from flwr.app import UserConfig
+from flwr.app import Context, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
