@@ -165,7 +165,8 @@ class NodeLedger:
 
     def begin_round(self, contributor: str, run_id: str, server_round: int, max_rounds: int,
                     expected_flops: int, budget_flops: int,
-                    privacy: tuple[Entry, float, float] | None = None) -> None:
+                    privacy: tuple[Entry, float, float] | None = None,
+                    budget_device_seconds: float = float("inf")) -> None:
         """Reserve a training round before it runs, in one transaction.
 
         Raises
@@ -176,7 +177,8 @@ class NodeLedger:
             ``rounds-range`` (the run's rounds are used up), ``compute-budget``
             (the round would go over the contributor's budget), ``privacy-budget``
             (with ``privacy`` = (this round's accounting entry, delta, epsilon budget):
-            the round would take the contributor's epsilon over budget).
+            the round would take the contributor's epsilon over budget), ``device-time-budget``
+            (the contributor's device seconds are used up).
         """
         with self._write() as db:
             self._require(self._phase(db, run_id), (SCORED_OUT_OF_THE_BOX, TRAINING), "train")
@@ -186,7 +188,11 @@ class NodeLedger:
             (done,) = db.execute("SELECT COUNT(*) FROM rounds WHERE run_id = ?", (run_id,)).fetchone()
             if done >= max_rounds:
                 raise PolicyViolation("rounds-range", f"the submission's {max_rounds} rounds are used")
-            used = self._usage(db, contributor).flops
+            usage = self._usage(db, contributor)
+            if usage.device_seconds >= budget_device_seconds:
+                raise PolicyViolation("device-time-budget", f"the {budget_device_seconds:g} device "
+                                      "seconds of the contributor's budget are used")
+            used = usage.flops
             if used + expected_flops > budget_flops:
                 left = max(budget_flops - used, 0) / 1e15
                 raise PolicyViolation("compute-budget",

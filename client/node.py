@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -34,7 +35,7 @@ from client.policy import (
     feature_pipeline,
     parse_train_config,
 )
-from client.privacy import check_dp_model, round_entry, train_local_dp
+from client.privacy import round_entry, train_local_dp
 from client.record import OfficialRecord
 from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
@@ -214,19 +215,17 @@ class Node:
         parsed = parse_train_config(content.get("config"), policy)
         if parsed.batch_size > n_train:
             raise PolicyViolation("batch-size-range", "at most the number of training records")
-        config = replace(parsed, seed=round_seed(self.secret, run.submission_id, parsed.server_round))
+        config = replace(parsed, seed=round_seed(self.secret, run.submission_id, parsed.server_round),
+                         seconds_max=policy.round_seconds_max)
         privacy = policy.privacy
-        if privacy and config.proximal_mu > 0:
-            raise PolicyViolation("dp-proximal", "no proximal term under DP-SGD (it is not clipped)")
-        if privacy:
-            check_dp_model(model)
         self.ledger.begin_round(
             run.contributor, run.submission_id, config.server_round,
             min(run.num_rounds, policy.rounds_max),
             expected_flops(model, n_train, config, self.meter) if not privacy else 0,
             policy.compute_budget_flops,
             (round_entry(n_train, config, privacy), privacy.delta, privacy.epsilon_budget)
-            if privacy else None)
+            if privacy else None,
+            budget_device_seconds=policy.device_seconds_budget)
         flops_before, started, result = self.meter.total, time.perf_counter(), None
         x, y = view.x_train, self.cohort.y_train
         try:
@@ -283,7 +282,11 @@ class Node:
         try:  # the score is recorded; what follows explains it, and must not fail the run
             record.write_comparisons(self._compare(predictions, run.submission_id))
             groups = self._importance_groups(run)
-            record.write_importance(self._importance(model, view, groups, run.submission_id), groups)
+            importances = self._importance(model, view, groups, run.submission_id)
+            if not self.settings.policy.importance_per_feature:  # per feature: the foundation's only
+                self._keep_on_node(run.submission_id, importances)
+                importances = {g: importances[g] for g in groups}
+            record.write_importance(importances, groups)
         except Exception:
             log.exception("comparisons or importance of a closed run could not be recorded")
         return self._acknowledge()
@@ -331,6 +334,13 @@ class Node:
                                       {**groups, **single_feature_groups(list(frame.columns))},
                                       seed=round_seed(self.secret, submission_id, -1),
                                       repeats=self.importance_repeats)
+
+    def _keep_on_node(self, submission_id: str, importances: dict[str, Importance]) -> None:
+        """Every importance of a run, in the node's state directory (for the foundation only)."""
+        folder = Path(self.settings.state_dir) / "importance"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{submission_id}.json").write_text(json.dumps(
+            {name: {"mean": i.mean, "sd": i.sd} for name, i in importances.items()}, indent=1))
 
     def _importance_groups(self, run: Submission) -> dict[str, list[str]]:
         """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets

@@ -42,13 +42,19 @@ class NodePolicy:
     compute_budget_pf: float = 100.0
     submissions_max: int = 5
     max_parameters: int = 5_000_000
+    max_layers: int = 8
+    max_width: int = 1024
+    device_seconds_budget: float = 3600.0
+    round_seconds_max: float = 60.0
     run_cpu_threads: int = 2
     run_gpu_memory_gb: float = 22.49
-    dp_enabled: bool = False
+    dp_enabled: bool = True
     dp_noise_multiplier: float = 1.0
     dp_max_grad_norm: float = 1.0
     dp_delta: float = 1e-5
     dp_epsilon_budget: float = 10.0
+    dp_max_parameters: int = 500_000
+    importance_per_feature: bool = False
 
     @property
     def privacy(self) -> PrivacyPolicy | None:
@@ -57,6 +63,12 @@ class NodePolicy:
             return None
         return PrivacyPolicy(self.dp_noise_multiplier, self.dp_max_grad_norm, self.dp_delta,
                              self.dp_epsilon_budget)
+
+    @property
+    def parameter_limit(self) -> int:
+        """The most parameters a model may have: under DP-SGD every drawn record's gradient is
+        held at once, so the cap is lower."""
+        return min(self.max_parameters, self.dp_max_parameters) if self.dp_enabled else self.max_parameters
 
     @property
     def compute_budget_flops(self) -> int:
@@ -148,17 +160,26 @@ def check_model(spec: ModelSpec, policy: NodePolicy, pipeline: FeaturePipeline, 
     Raises
     ------
     PolicyViolation
-        ``allowed-models``, ``model-spec`` or ``max-parameters``.
+        ``allowed-models``, ``model-spec``, ``max-parameters``, ``max-layers`` (layers with
+        weights) or ``max-width`` (a layer's outputs): a model cheap in FLOPs may still be slow
+        (thousands of thin layers) or wide enough to hold a record per unit.
     """
     if spec.name not in policy.allowed_models:
         raise PolicyViolation("allowed-models", f"models allowed: {list(policy.allowed_models)}")
     try:
         with torch.device("meta"):
-            size = sum(p.numel() for p in build_for(spec, pipeline, n_classes).parameters())
+            model = build_for(spec, pipeline, n_classes)
     except (UnknownModelError, ValueError, TypeError, RuntimeError):
         raise PolicyViolation("model-spec", f"hyperparameters do not fit model '{spec.name}'") from None
-    if size > policy.max_parameters:
-        raise PolicyViolation("max-parameters", f"at most {policy.max_parameters} parameters")
+    if sum(p.numel() for p in model.parameters()) > policy.parameter_limit:
+        raise PolicyViolation("max-parameters", f"at most {policy.parameter_limit} parameters"
+                              + (" under DP-SGD" if policy.dp_enabled else ""))
+    weighted = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    if len(weighted) > policy.max_layers:
+        raise PolicyViolation("max-layers", f"at most {policy.max_layers} layers with weights")
+    widest = max((p.shape[0] for m in weighted for p in m.parameters(recurse=False)), default=0)
+    if widest > policy.max_width:
+        raise PolicyViolation("max-width", f"at most {policy.max_width} units in a layer")
 
 
 def check_content_keys(content: RecordDict, allowed: set[str], rule: str) -> None:

@@ -1,22 +1,20 @@
-"""Differential privacy on the node: DP-SGD with Opacus, and its accounting.
+"""Differential privacy on the node: DP-SGD, and its accounting with Opacus's RDP accountant.
 
 The server is the untrusted party, so clipping and noise happen here, before
 any weights leave. Poisson sampling of batches (``sample_rate = batch / n``)
-makes Opacus's RDP accountant valid; the privacy spent is accounted per
+makes the RDP accountant valid; the privacy spent is accounted per
 contributor across all their rounds and submissions on this cohort.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from client.errors import PolicyViolation
-from client.training import FlopMeter, TrainConfig, TrainResult, architecture_key
+from client.training import FlopMeter, TrainConfig, TrainResult, architecture_key, check_deadline
 
 
 @dataclass(frozen=True)
@@ -50,72 +48,77 @@ def round_entry(n: int, config: TrainConfig, privacy: PrivacyPolicy) -> Entry:
     return (privacy.noise_multiplier, sample_rate, config.local_epochs * round(1 / sample_rate))
 
 
-def check_dp_model(model: nn.Module) -> None:
-    """Refuse, before a round is charged, a model Opacus cannot clip per example.
-
-    Raises
-    ------
-    PolicyViolation
-        ``dp-model``, e.g. for the pathway network, whose gene-set layer holds its mask.
-    """
-    from opacus.grad_sample import GradSampleModule
-
-    if GradSampleModule.validate(model, strict=False):  # the check make_private would fail
-        raise PolicyViolation("dp-model", "this model cannot be trained with DP-SGD: choose "
-                              "linear or mlp while the workspace uses differential privacy")
-
-
 def train_local_dp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
                    meter: FlopMeter, privacy: PrivacyPolicy) -> TrainResult:
-    """Train ``model`` in place with DP-SGD: per-example clipping, Gaussian noise.
+    """Train ``model`` in place with DP-SGD: Poisson batches, per-example clipping, Gaussian noise.
 
-    Batches are Poisson samples with rate ``batch_size / n``, drawn (like the
-    noise) from ``config.seed``, which only the node knows. FLOPs include the
-    per-example gradients. The trained weights are copied back into ``model``.
+    Each step draws every training record independently with probability
+    ``q = batch_size / n`` (so no contributor value can single a record out), computes each
+    drawn record's gradient (``torch.func``: any registered model, buffers included), clips it
+    to ``max_grad_norm``, adds Gaussian noise of ``noise_multiplier * max_grad_norm`` to their
+    sum and divides by the expected batch ``q * n``. An epoch is ``round(1 / q)`` steps, as the
+    accountant's entry (``round_entry``) counts. A proximal term (FedProx) depends on no record:
+    it is applied outside the clipped, noised part. Sampling and noise come from ``config.seed``,
+    which only the node knows.
     """
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.func import functional_call, grad, vmap
 
     n = len(y)
-    loader = DataLoader(TensorDataset(x, y), batch_size=config.batch_size,
-                        generator=torch.Generator().manual_seed(config.seed))
-    with warnings.catch_warnings():  # Opacus's notes on secure RNG and backward hooks
-        warnings.simplefilter("ignore", UserWarning)
-        private, optimizer, batches = PrivacyEngine(accountant="rdp").make_private(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=config.lr),
-            data_loader=loader, noise_multiplier=privacy.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            noise_generator=torch.Generator(device=x.device).manual_seed(config.seed + 1))
-        arch = ("dp", architecture_key(model))
-        flops_before, started = meter.total, time.perf_counter()
-        private.train()
-        try:
-            weighted = _epochs(private, optimizer, batches, config.local_epochs, meter, arch)
-        finally:
-            private.to_standard_module()  # hooks off: the model is a plain module again
-    seen = sum(size for _, size in weighted)
-    return TrainResult(loss=sum(loss for loss, _ in weighted) / max(seen, 1), num_examples=n,
-                       flops=meter.total - flops_before,
-                       device_seconds=time.perf_counter() - started)
+    q = config.batch_size / n
+    steps = config.local_epochs * round(1 / q)
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+    anchor = {k: p.detach().clone() for k, p in params.items()} if config.proximal_mu > 0 else None
+    sampler = torch.Generator(device=x.device).manual_seed(config.seed)
+    std = privacy.noise_multiplier * privacy.max_grad_norm
+
+    def example_loss(values: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, (values, buffers), (xi.unsqueeze(0),))
+        return nn.functional.cross_entropy(logits, yi.unsqueeze(0))
+
+    per_example = vmap(grad(example_loss), in_dims=(None, 0, 0), randomness="different")
+    arch = ("dp-func", architecture_key(model))
+    flops_before, started, losses = meter.total, time.perf_counter(), []
+    model.train()
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # dropout draws from the node's seed too
+        torch.manual_seed(config.seed)
+        for step_index in range(steps):
+            drawn = torch.rand(n, generator=sampler, device=x.device) < q
+
+            def step(drawn: torch.Tensor = drawn) -> None:
+                losses.append(_dp_step(model, params, x[drawn], y[drawn], per_example, std,
+                                       privacy.max_grad_norm, q * n, config, anchor, sampler))
+
+            meter.run((arch, int(drawn.sum())), step)
+            check_deadline(started, config.seconds_max)
+            if step_index == steps - round(1 / q) - 1:
+                losses.clear()  # report the last epoch's loss
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    seen = sum(size for _, size in losses)
+    return TrainResult(loss=sum(total for total, _ in losses) / max(seen, 1), num_examples=n,
+                       flops=meter.total - flops_before, device_seconds=time.perf_counter() - started)
 
 
-def _epochs(private: nn.Module, optimizer: torch.optim.Optimizer, batches, epochs: int,
-            meter: FlopMeter, arch: tuple[object, ...]) -> list[tuple[float, int]]:
-    """Run the DP-SGD epochs; return (loss x batch size, batch size) of the last epoch."""
-    weighted: list[tuple[float, int]] = []
-    for _ in range(epochs):
-        weighted = []
-        for xb, yb in batches:
-            if len(yb) == 0:  # a Poisson sample can be empty
-                continue
-
-            def step(xb: torch.Tensor = xb, yb: torch.Tensor = yb,
-                     weighted: list[tuple[float, int]] = weighted) -> None:
-                optimizer.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(private(xb), yb)
-                loss.backward()
-                optimizer.step()
-                weighted.append((float(loss.detach()) * len(yb), len(yb)))
-
-            meter.run((arch, len(yb)), step)
-    return weighted
+def _dp_step(model: nn.Module, params: dict[str, nn.Parameter], xb: torch.Tensor, yb: torch.Tensor,
+             per_example, std: float, clip: float, expected_batch: float, config: TrainConfig,
+             anchor: dict[str, torch.Tensor] | None, sampler: torch.Generator) -> tuple[float, int]:
+    """One noised step in place; returns (loss x records, records) of the drawn batch."""
+    values = {k: p.detach() for k, p in params.items()}
+    summed = {k: torch.zeros_like(p) for k, p in values.items()}
+    loss = 0.0
+    if len(yb):
+        grads = per_example(values, xb, yb)
+        norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+        factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+        summed = {k: torch.einsum("i,i...->...", factor, g) for k, g in grads.items()}
+        with torch.no_grad():
+            loss = float(nn.functional.cross_entropy(model(xb), yb, reduction="sum"))
+    with torch.no_grad():
+        for k, p in params.items():
+            noise = torch.normal(0.0, std, size=p.shape, generator=sampler, device=p.device)
+            p -= config.lr * (summed[k] + noise) / expected_batch
+            if anchor is not None:
+                p -= config.lr * config.proximal_mu * (p - anchor[k])
+    return loss, len(yb)

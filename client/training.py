@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from client.errors import PolicyViolation
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -29,6 +31,8 @@ class TrainConfig:
     proximal_mu: float = 0.0
     server_round: int = 1
     seed: int = 0
+    #: Wall seconds the round may take on the device before the node stops it.
+    seconds_max: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,9 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         Class indices, shape (n_records,).
     config : TrainConfig
         The round's hyperparameters. Batches are shuffled from ``config.seed``,
-        so a round is reproducible for whoever knows the seed. Every step uses
-        exactly ``batch_size`` records: the short remainder of each epoch's
-        shuffle is left out (it changes every epoch), so no step ever sees fewer.
+        so a round is reproducible for whoever knows the seed. Every record is in
+        every epoch: the shuffle is cut into ``batch_partition`` batches of at least
+        ``batch_size`` records, so no value a strategy sends leaves a record out.
     meter : FlopMeter
         Accumulates the FLOPs of every step.
     """
@@ -133,7 +137,7 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     arch = architecture_key(model)
     flops_before = meter.total
     n = len(y)
-    used = n - n % config.batch_size
+    bounds = batch_bounds(n, config.batch_size)
     loss_sum = torch.zeros((), device=x.device)
     started = time.perf_counter()
 
@@ -143,8 +147,8 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         for _ in range(config.local_epochs):
             loss_sum.zero_()
             order = torch.randperm(n, generator=generator).to(x.device)
-            for start in range(0, used, config.batch_size):
-                batch = order[start:start + config.batch_size]
+            for start, stop in bounds:
+                batch = order[start:stop]
 
                 def step(batch: torch.Tensor = batch) -> None:
                     optimizer.zero_grad(set_to_none=True)
@@ -158,15 +162,39 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
                     loss_sum.add_(loss.detach() * len(batch))
 
                 meter.run((arch, len(batch), anchor is not None), step)
+                check_deadline(started, config.seconds_max)
 
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     return TrainResult(
-        loss=float(loss_sum) / used,
-        num_examples=used,
+        loss=float(loss_sum) / n,
+        num_examples=n,
         flops=meter.total - flops_before,
         device_seconds=time.perf_counter() - started,
     )
+
+
+def check_deadline(started: float, seconds_max: float) -> None:
+    """Stop a round that has run longer than the policy allows (the node charges what ran).
+
+    Raises
+    ------
+    PolicyViolation
+        ``round-seconds``.
+    """
+    if time.perf_counter() - started > seconds_max:
+        raise PolicyViolation("round-seconds", f"a round may take at most {seconds_max:g} s "
+                              "on the node's device: choose a smaller model or fewer epochs")
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of an epoch: ``n // batch_size`` batches (at least one) whose
+    sizes differ by at most one record, so every batch holds ``batch_size`` records or more and
+    every record is in one. Asking for 511 or 512 of 512 records gives the same single batch."""
+    count = max(1, n // batch_size)
+    sizes = [n // count + (1 if i < n % count else 0) for i in range(count)]
+    starts = [sum(sizes[:i]) for i in range(count)]
+    return [(start, start + size) for start, size in zip(starts, sizes, strict=True)]
 
 
 def expected_flops(model: nn.Module, n: int, config: TrainConfig, meter: FlopMeter) -> int:
@@ -176,8 +204,9 @@ def expected_flops(model: nn.Module, n: int, config: TrainConfig, meter: FlopMet
     round of a new architecture or batch size): the charge then comes after.
     """
     arch, proximal = architecture_key(model), config.proximal_mu > 0
-    per_step = meter.known((arch, config.batch_size, proximal))
-    return 0 if per_step is None else config.local_epochs * (n // config.batch_size) * per_step
+    per_step = [meter.known((arch, stop - start, proximal))
+                for start, stop in batch_bounds(n, config.batch_size)]
+    return 0 if None in per_step else config.local_epochs * sum(per_step)
 
 
 @torch.no_grad()

@@ -203,7 +203,12 @@ def print_policy(overrides: list[str]) -> int:
 
     policy = node_settings(compose_config(overrides)).policy
     for key, value in asdict(policy).items():
-        print(f"{key:20} {value}")
+        print(f"{key:24} {value}")
+    if not policy.dp_enabled:
+        print("\nWARNING: differential privacy is off. A strategy chooses the weights the node trains "
+              "from,\nso it can build a model whose update copies training records into the reply "
+              "(docs/privacy.md:\nthe imprint attack recovers most of them in one round). Only "
+              "trusted strategies should run.")
     return 0
 
 

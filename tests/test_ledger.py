@@ -134,7 +134,8 @@ def tight_node(tmp_path, cohort_parquet):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     experiment = client.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
-    policy = NodePolicy(compute_budget_pf=1.5 * LINEAR_ROUND_FLOPS / 1e15, submissions_max=1)
+    policy = NodePolicy(compute_budget_pf=1.5 * LINEAR_ROUND_FLOPS / 1e15, submissions_max=1,
+                        dp_enabled=False)  # DP rounds are charged after they ran
     node = Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=uri, device="cpu",
                              state_dir=str(tmp_path / "state"), policy=policy))
     return node, lambda: client.create_run(experiment).info.run_id

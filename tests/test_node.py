@@ -18,6 +18,7 @@ from client.errors import NodeError, PhaseViolation, PolicyViolation
 from client.holdout import score_predictions
 from client.ledger import CLOSED, NEW, SCORED_OUT_OF_THE_BOX, TRAINING
 from client.node import Node
+from client.policy import NodePolicy
 from client.settings import NodeSettings
 from client.training import predict
 from contract.names import PAIRED_TAG_PREFIX, TRAIN_REPLY_KEYS
@@ -45,8 +46,10 @@ def store(tmp_path_factory) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def settings(store, cohort_parquet) -> NodeSettings:
+    # plain SGD, so FLOPs and updates are exact; DP-SGD (the pilot's default) is tests/test_privacy.py
     return NodeSettings(data_path=str(cohort_parquet), tracking_uri=store[0], device="cpu",
-                        state_dir=str(cohort_parquet.parent / "node-state"))
+                        state_dir=str(cohort_parquet.parent / "node-state"),
+                        policy=NodePolicy(dp_enabled=False))
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +298,6 @@ def test_preprocessing_statistics_come_from_the_training_split(settings, cohort_
 
 
 def test_the_node_holds_torch_to_the_policys_cpu_threads(cohort_parquet, tmp_path, store):
-    from client.policy import NodePolicy
 
     before = torch.get_num_threads()
     try:

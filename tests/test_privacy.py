@@ -64,21 +64,35 @@ def test_the_node_accounts_epsilon_per_contributor_and_refuses_over_budget(priva
     node.train(_content(node, facts, 1), facts)
     with pytest.raises(PolicyViolation, match="'privacy-budget'"):
         node.train(_content(node, facts, 2), facts)
-    with pytest.raises(PolicyViolation, match="'dp-proximal'"):
-        node.train(_content(node, facts, 3, **{"proximal-mu": 0.1}), facts)
     node.score_fine_tuned(RecordDict({"arrays": _content(node, facts, 1)["arrays"]}), facts)
     metrics = MlflowClient(node.settings.tracking_uri).get_run(facts.submission_id).data.metrics
     assert 0 < metrics["privacy_epsilon"] <= metrics["privacy_epsilon_budget"]
     assert metrics["privacy_delta"] == 1e-5
 
 
-def test_a_model_opacus_cannot_clip_is_refused_before_the_round_is_charged():
-    from client.errors import PolicyViolation
-    from client.privacy import check_dp_model
-
+def test_every_registered_model_trains_under_dp_with_a_proximal_term():
+    """Per-example gradients come from torch.func, so a masked layer (pathway) is clipped too;
+    the proximal term depends on no record and is applied outside the noise."""
     names = [f"gene_{i}" for i in range(4)] + ["clinical_0"]
-    pathway = build_model(ModelSpec("pathway", {"gene_sets": {"a": ["gene_0", "gene_1"]}}), 5, 3,
-                          feature_names=names)
-    with pytest.raises(PolicyViolation, match="dp-model"):
-        check_dp_model(pathway)
-    check_dp_model(build_model(ModelSpec("mlp"), 5, 3))  # supported: no error
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    privacy = PrivacyPolicy(1.0, 1.0, 1e-5, 10.0)
+    for spec in (ModelSpec("linear"), ModelSpec("mlp"),
+                 ModelSpec("pathway", {"gene_sets": {"a": ["gene_0", "gene_1"]}})):
+        model = build_model(spec, 5, 3, feature_names=names)
+        before = [p.detach().clone() for p in model.parameters()]
+        config = TrainConfig(lr=0.1, local_epochs=1, batch_size=16, proximal_mu=0.5, seed=1)
+        result = train_local_dp(model, x, y, config, FlopMeter(), privacy)
+        assert result.num_examples == 64 and result.flops > 0
+        assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_dp_steps_are_clipped_per_example_so_one_record_moves_the_weights_by_at_most_the_clip():
+    """Without noise, one drawn record's step is lr * clip / expected batch at most, however
+    large its features: the sensitivity the accountant assumes."""
+    model = build_model(ModelSpec("linear"), 5, 3)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    x, y = torch.full((4, 5), 1e6), torch.tensor([0, 1, 2, 0])
+    config = TrainConfig(lr=1.0, local_epochs=1, batch_size=4, seed=3)
+    train_local_dp(model, x, y, config, FlopMeter(), PrivacyPolicy(0.0, 1.0, 1e-5, 10.0))
+    moved = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+    assert 0 < float(moved.norm()) <= 4 * 1.0 / 4 + 1e-5  # at most 4 records drawn, each clipped to 1

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from client.training import FlopMeter, TrainConfig, train_local
+from client.training import FlopMeter, TrainConfig, batch_bounds, train_local
 from models.linear import LinearClassifier
 from models.mlp import MLPClassifier
 
@@ -39,28 +39,31 @@ MLP_FLOPS = 2 * N * (2 * D * 64 + 3 * 64 * C)
 
 
 @pytest.mark.parametrize("make, expected", [(_linear, LINEAR_FLOPS), (_mlp, MLP_FLOPS)])
-@pytest.mark.parametrize("batch_size", [32, 48])  # 48: ten full batches; the 32 left over skip
+@pytest.mark.parametrize("batch_size", [32, 48])  # 48: ten batches of 51 or 52 records
 def test_flops_are_exact(data, make, expected, batch_size):
     meter = FlopMeter()
     result = train_local(make(), *data, TrainConfig(lr=0.05, local_epochs=1, batch_size=batch_size),
                          meter)
-    used = N - N % batch_size
-    assert result.flops == expected * used // N
-    assert meter.total == expected * used // N
-    assert result.num_examples == used
+    assert result.flops == expected
+    assert meter.total == expected
+    assert result.num_examples == N
 
 
-def test_every_step_sees_exactly_batch_size_records(data):
-    """A short last batch would let a strategy isolate single records; none is run."""
-    sizes = []
+@pytest.mark.parametrize("batch_size", [16, 73, 255, 256, 257, 511, 512])
+def test_every_record_is_in_every_epoch_and_no_batch_is_short(data, batch_size):
+    """A short or left-out batch would let a strategy isolate records by its batch size (512 then
+    511 of 512 records trained one record less); every epoch holds every record in batches of
+    at least ``batch_size``, and 511 gives the very batches 512 does."""
+    seen = []
 
     class Recording(FlopMeter):
         def run(self, shape_key, step):
-            sizes.append(shape_key[1])
+            seen.append(shape_key[1])
             super().run(shape_key, step)
 
-    train_local(_linear(), *data, TrainConfig(lr=0.05, local_epochs=2, batch_size=73), Recording())
-    assert sizes == [73] * (2 * (N // 73))
+    train_local(_linear(), *data, TrainConfig(lr=0.05, local_epochs=2, batch_size=batch_size), Recording())
+    assert sum(seen) == 2 * N and min(seen) >= batch_size and max(seen) - min(seen) <= 1
+    assert batch_bounds(N, 511) == batch_bounds(N, 512) == [(0, N)]
 
 
 def test_flops_stay_exact_when_the_meter_reuses_its_counts(data):
