@@ -31,6 +31,7 @@ from client.policy import (
     check_arrays,
     check_content_keys,
     check_model,
+    check_no_record_in_weights,
     check_reply,
     feature_pipeline,
     parse_train_config,
@@ -226,6 +227,7 @@ class Node:
             (round_entry(n_train, config, privacy), privacy.delta, privacy.epsilon_budget)
             if privacy else None,
             budget_device_seconds=policy.device_seconds_budget)
+        incoming = {k: v.detach().clone() for k, v in model.state_dict().items()}
         flops_before, started, result = self.meter.total, time.perf_counter(), None
         x, y = view.x_train, self.cohort.y_train
         try:
@@ -235,6 +237,8 @@ class Node:
             self.ledger.finish_round(run.submission_id, config.server_round,
                                      result.loss if result else None, self.meter.total - flops_before,
                                      result.device_seconds if result else time.perf_counter() - started)
+        if policy.record_tripwire:
+            check_no_record_in_weights(incoming, model.state_dict(), x)
         reply = RecordDict({
             "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
             "metrics": MetricRecord({

@@ -55,6 +55,7 @@ class NodePolicy:
     dp_epsilon_budget: float = 10.0
     dp_max_parameters: int = 500_000
     importance_per_feature: bool = False
+    record_tripwire: bool = True
 
     @property
     def privacy(self) -> PrivacyPolicy | None:
@@ -261,3 +262,49 @@ def _within(rule: str, value: float, low: float, high: float) -> None:
     """Refuse values outside [low, high] (and NaN)."""
     if not low <= value <= high:
         raise PolicyViolation(rule, f"must lie in [{low}, {high}]")
+
+
+#: A weight row this correlated with a training record is a copy of it.
+RECORD_CORRELATION_BAR = 0.99
+
+
+def check_no_record_in_weights(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor],
+                               records: torch.Tensor) -> None:
+    """A tripwire on the weights channel: refuse a reply in which a row of an array as wide as
+    the model's input, of its update, or a difference of neighbouring update rows, is a
+    training record (Pearson correlation above ``RECORD_CORRELATION_BAR``).
+
+    It catches the naive imprint attack, not every one (a strategy can spread a record over
+    any combination of rows): differential privacy is the defence, this is the alarm.
+
+    Parameters
+    ----------
+    before, after : dict of str to torch.Tensor
+        The weights the round started from and the weights about to leave.
+    records : torch.Tensor
+        The model's input matrix on the training split, shape (n_records, n_inputs).
+
+    Raises
+    ------
+    ReplyRefused
+        ``record-in-weights``.
+    """
+    width = records.shape[1]
+    rows = []
+    for name, value in after.items():
+        if value.ndim == 2 and value.shape[1] == width:
+            update = value - before[name]
+            rows += [value, update, update[1:] - update[:-1]]
+    if not rows:
+        return
+    candidates = _unit_rows(torch.cat(rows).to(records.device, torch.float32))
+    correlation = candidates @ _unit_rows(records.float()).T
+    if bool((correlation.abs() > RECORD_CORRELATION_BAR).any()):
+        raise ReplyRefused("refused by rule 'record-in-weights': the reply's weights hold a copy "
+                           "of a training record")
+
+
+def _unit_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """Rows centred and scaled to unit norm (all-constant rows stay zero)."""
+    centred = matrix - matrix.mean(dim=1, keepdim=True)
+    return centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)

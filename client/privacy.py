@@ -90,7 +90,7 @@ def train_local_dp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
                 losses.append(_dp_step(model, params, x[drawn], y[drawn], per_example, std,
                                        privacy.max_grad_norm, q * n, config, anchor, sampler))
 
-            meter.run((arch, int(drawn.sum())), step)
+            meter.run_per_record(arch, int(drawn.sum()), step)
             check_deadline(started, config.seconds_max)
             if step_index == steps - round(1 / q) - 1:
                 losses.clear()  # report the last epoch's loss

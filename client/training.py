@@ -81,20 +81,33 @@ class FlopMeter:
             step()
         self.total += flops
 
+    def run_per_record(self, shape_key: tuple[object, ...], records: int, step: Callable[[], None]) -> None:
+        """Run ``step()`` whose FLOPs are ``records`` times a per-record count (a DP-SGD step:
+        per-example gradients, clipping and the loss are all linear in the records drawn), and
+        add them to ``total``. The count runs once per shape, whatever the Poisson batch's size."""
+        key = (*shape_key, "per-record")
+        per_record = self._per_step.get(key)
+        if per_record is None and records > 0:
+            per_record = self._per_step[key] = self._count(key, step, records)
+        else:
+            step()
+        self.total += (per_record or 0) * records
+
     def known(self, shape_key: tuple[object, ...]) -> int | None:
         """The FLOPs of a step shape if it was ever counted, else None."""
         found = self._per_step.get(shape_key)
         return found if found is not None else self._stored.get(repr((torch.__version__, *shape_key)))
 
-    def _count(self, shape_key: tuple[object, ...], step: Callable[[], None]) -> int:
-        """FLOPs of a step shape from the store, or by running ``step`` under the counter."""
+    def _count(self, shape_key: tuple[object, ...], step: Callable[[], None], per: int = 1) -> int:
+        """FLOPs of a step shape (divided by ``per`` records) from the store, or by running
+        ``step`` under the counter."""
         key = repr((torch.__version__, *shape_key))
         if key in self._stored:
             step()
             return self._stored[key]
         with FlopCounterMode(display=False) as counter:
             step()
-        flops = self._stored[key] = int(counter.get_total_flops())
+        flops = self._stored[key] = int(counter.get_total_flops()) // per
         self._remember(key, flops)
         return flops
 

@@ -96,3 +96,30 @@ def test_dp_steps_are_clipped_per_example_so_one_record_moves_the_weights_by_at_
     train_local_dp(model, x, y, config, FlopMeter(), PrivacyPolicy(0.0, 1.0, 1e-5, 10.0))
     moved = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
     assert 0 < float(moved.norm()) <= 4 * 1.0 / 4 + 1e-5  # at most 4 records drawn, each clipped to 1
+
+
+def test_dp_flops_are_linear_in_the_records_drawn_so_one_count_serves_every_batch_size():
+    """The meter counts a DP step once and charges records x the per-record count: that holds
+    only if the count is the same whatever size the first counted batch had."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from client.privacy import _dp_step
+
+    model = build_model(ModelSpec("mlp"), 5, 3)
+    params = dict(model.named_parameters())
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    config = TrainConfig(lr=0.1, local_epochs=1, batch_size=16)
+    from torch.func import functional_call, grad, vmap
+
+    def example_loss(values, xi, yi):
+        return torch.nn.functional.cross_entropy(functional_call(model, values, (xi.unsqueeze(0),)),
+                                                 yi.unsqueeze(0))
+
+    per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))
+    counts = {}
+    for size in (7, 23, 64):
+        with FlopCounterMode(display=False) as counter:
+            _dp_step(model, params, x[:size], y[:size], per_example, 1.0, 1.0, 16.0, config, None,
+                     torch.Generator().manual_seed(0))
+        counts[size] = counter.get_total_flops()
+    assert counts[7] > 0 and counts[23] * 7 == counts[7] * 23 and counts[64] * 7 == counts[7] * 64
