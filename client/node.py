@@ -48,6 +48,10 @@ from models.pipeline import FeaturePipeline, FeatureSpec
 
 log = logging.getLogger("cohortfl.node")
 
+#: The official record's words when a foundation switches differential privacy off.
+OFF_STATEMENT = ("OFF: the weights a strategy receives can carry training records "
+                 "(docs/privacy.md)")
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` means the GPU when there is one, else the CPU."""
@@ -264,7 +268,8 @@ class Node:
                     "node_device": self.cohort.device.type,
                     "node_cpu_threads": str(torch.get_num_threads()),
                     "node_gpu_memory_gb": str(self.settings.policy.run_gpu_memory_gb
-                                              if self.cohort.device.type == "cuda" else 0)})
+                                              if self.cohort.device.type == "cuda" else 0),
+                    "privacy": self._privacy_statement()})
         return self._acknowledge()
 
     def score_fine_tuned(self, content: RecordDict, run: Submission) -> RecordDict:
@@ -312,6 +317,15 @@ class Node:
                 UsageMetric.PRIVACY_NOISE_MULTIPLIER: policy.dp_noise_multiplier,
                 UsageMetric.PRIVACY_MAX_GRAD_NORM: policy.dp_max_grad_norm})
         return usage
+
+    def _privacy_statement(self) -> str:
+        """What the run's training protects, in words the leaderboard shows."""
+        privacy = self.settings.policy.privacy
+        if privacy is None:
+            return OFF_STATEMENT
+        return (f"DP-SGD: noise multiplier {privacy.noise_multiplier:g}, clipping norm "
+                f"{privacy.max_grad_norm:g}, delta {privacy.delta:g}, "
+                f"epsilon budget {privacy.epsilon_budget:g}")
 
     def _predict_holdout(self, model: nn.Module, view: FeatureView) -> np.ndarray:
         """Class indices the model predicts for the holdout records; they never leave the node."""

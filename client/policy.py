@@ -172,15 +172,15 @@ def check_model(spec: ModelSpec, policy: NodePolicy, pipeline: FeaturePipeline, 
             model = build_for(spec, pipeline, n_classes)
     except (UnknownModelError, ValueError, TypeError, RuntimeError):
         raise PolicyViolation("model-spec", f"hyperparameters do not fit model '{spec.name}'") from None
-    if sum(p.numel() for p in model.parameters()) > policy.parameter_limit:
-        raise PolicyViolation("max-parameters", f"at most {policy.parameter_limit} parameters"
-                              + (" under DP-SGD" if policy.dp_enabled else ""))
     weighted = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
     if len(weighted) > policy.max_layers:
         raise PolicyViolation("max-layers", f"at most {policy.max_layers} layers with weights")
     widest = max((p.shape[0] for m in weighted for p in m.parameters(recurse=False)), default=0)
     if widest > policy.max_width:
         raise PolicyViolation("max-width", f"at most {policy.max_width} units in a layer")
+    if sum(p.numel() for p in model.parameters()) > policy.parameter_limit:
+        raise PolicyViolation("max-parameters", f"at most {policy.parameter_limit} parameters"
+                              + (" under DP-SGD" if policy.dp_enabled else ""))
 
 
 def check_content_keys(content: RecordDict, allowed: set[str], rule: str) -> None:

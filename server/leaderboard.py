@@ -40,6 +40,8 @@ class Row:
     submissions_used: float
     submissions_limit: float
     exported_bytes: float
+    epsilon: float
+    privacy: str
     run_id: str
     paired: dict[str, PairedDifference]
     top_group: str
@@ -117,6 +119,8 @@ def _row(run) -> Row:  # run: mlflow.entities.Run
         submissions_used=value(UsageMetric.BUDGET_SUBMISSIONS_USED),
         submissions_limit=value(UsageMetric.BUDGET_SUBMISSIONS_LIMIT),
         exported_bytes=value(UsageMetric.EXPORTED_BYTES),
+        epsilon=value(UsageMetric.PRIVACY_EPSILON),
+        privacy=run.data.params.get("privacy", "?"),
         run_id=run.info.run_id,
         paired={key.removeprefix(PAIRED_TAG_PREFIX): PairedDifference.from_text(text)
                 for key, text in tags.items() if key.startswith(PAIRED_TAG_PREFIX)},
@@ -136,6 +140,13 @@ def _top_group(metrics: dict[str, float]) -> str:
     return max(groups, key=groups.get) if groups else "-"
 
 
+def _privacy(row: Row) -> str:
+    """The contributor's epsilon spent, or a plain warning when the node trained without DP."""
+    if row.privacy.startswith("DP-SGD") and not math.isnan(row.epsilon):
+        return f"{row.epsilon:.2f}"
+    return "DP OFF" if row.privacy.startswith("OFF") else "?"
+
+
 def _versus_next(rows: list[Row], i: int) -> str:
     """Row ``i`` against the row below it: the paired difference, and whether it is noise."""
     paired = rows[i].versus(rows[i + 1]) if i + 1 < len(rows) else None
@@ -149,13 +160,13 @@ def format_leaderboard(rows: list[Row]) -> str:
     """A fixed-width text table shaped like the pilot's."""
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
               "gain", f"{REPORTED_CLASS} recall", "vs next (paired)", "top feature group",
-              "compute (PF)", "budget used (PF)", "submits", "sent (kB)")
+              "compute (PF)", "budget used (PF)", "submits", "sent (kB)", "privacy (epsilon)")
     lines = [(r.contributor, r.strategy, r.model, _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
               _with_interval(r.fine_tuned, r.fine_tuned_ci95), f"{r.gain:+.3f}",
               _with_interval(r.reported_recall, r.reported_recall_ci95), _versus_next(rows, i), r.top_group,
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
               f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
-              f"{r.exported_bytes / 1000:.1f}") for i, r in enumerate(rows)]
+              f"{r.exported_bytes / 1000:.1f}", _privacy(r)) for i, r in enumerate(rows)]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
@@ -163,5 +174,6 @@ def format_leaderboard(rows: list[Row]) -> str:
     note = ("[low, high]: 95% bootstrap intervals over the holdout's records, computed on the node. "
             "vs next: the node's paired bootstrap\nof the macro-F1 difference with the row below on "
             "the same records; 'noise' when its interval holds 0. top feature group: largest "
-            "permutation importance.")
+            "permutation importance.\nprivacy: the contributor's epsilon spent under DP-SGD (delta in "
+            "the run's params); DP OFF: the node trained without differential privacy.")
     return "\n".join([fmt.format(*header), rule, *body, "", note])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from client.node import OFF_STATEMENT
 from contract.values import PairedDifference
 from server.leaderboard import Row, _top_group, format_leaderboard
 
@@ -12,7 +15,8 @@ def _row(run_id: str, score: float, paired: dict | None = None) -> Row:
                fine_tuned_ci95=(score - 0.07, score + 0.07), reported_recall=0.8,
                reported_recall_ci95=(0.7, 0.9),
                compute_pf=1e-7, budget_used_pf=1e-7, budget_pf=100, submissions_used=1,
-               submissions_limit=5, exported_bytes=1000, run_id=run_id, paired=paired or {},
+               submissions_limit=5, exported_bytes=1000, epsilon=2.5,
+               privacy="DP-SGD: noise multiplier 1", run_id=run_id, paired=paired or {},
                top_group="genes")
 
 
@@ -34,3 +38,10 @@ def test_top_group_is_the_largest_importance():
                        "holdout_fine_tuned_macro_f1": 0.9}
                       ) == "set:GS03"
     assert _top_group({"holdout_fine_tuned_macro_f1": 0.9}) == "-"
+
+
+def test_the_board_says_plainly_when_the_node_trained_without_differential_privacy():
+    private = _row("r1", 0.85)
+    exposed = replace(_row("r2", 0.80), epsilon=float("nan"), privacy=OFF_STATEMENT)
+    lines = format_leaderboard([private, exposed]).splitlines()
+    assert lines[2].endswith("2.50") and lines[3].endswith("DP OFF")

@@ -181,3 +181,15 @@ def test_the_node_refuses_a_submission_over_the_limit_before_scoring(tight_node)
         node.score_out_of_the_box(RecordDict({"arrays": _arrays(node, second)}), second)
     metrics = MlflowClient(node.settings.tracking_uri).get_run(second.submission_id).data.metrics
     assert "holdout_out_of_the_box_macro_f1" not in metrics
+
+
+def test_a_contributor_whose_device_seconds_are_used_is_refused_before_the_round(ledger):
+    """A model cheap in FLOPs but slow in practice (thousands of thin layers) is charged in device
+    seconds too, and stopped when the contributor's device time is used."""
+    ledger.open_submission("ada", "run-1", 5)
+    ledger.begin_round("ada", "run-1", 1, 5, 0, 10**18, budget_device_seconds=10.0)
+    ledger.finish_round("run-1", 1, 0.5, 1_000, 10.5)
+    with pytest.raises(PolicyViolation, match="'device-time-budget'"):
+        ledger.begin_round("ada", "run-1", 2, 5, 0, 10**18, budget_device_seconds=10.0)
+    ledger.open_submission("bob", "run-2", 5)
+    ledger.begin_round("bob", "run-2", 1, 5, 0, 10**18, budget_device_seconds=10.0)  # bob's own time

@@ -306,3 +306,29 @@ def test_an_array_whose_data_differs_from_its_declared_shape_is_refused():
 @pytest.mark.parametrize("config", [None, MetricRecord({"lr": 0.1})])
 def test_a_train_config_that_is_not_a_config_record_is_refused(config):
     _refused("message-records", parse_train_config, config, POLICY)
+
+
+@pytest.mark.parametrize("params, rule", [
+    ({"hidden": [16] * 15000}, "max-layers"),  # cheap in FLOPs, 64 s an epoch on 2 cores
+    ({"hidden": [19300]}, "max-width"),  # the imprint attack's 19,300 units: inside max_parameters
+    ({"hidden": [1024, 1024]}, "max-parameters"),  # fine without DP, too many for per-example gradients
+])
+def test_models_too_deep_too_wide_or_too_big_for_dp_are_refused_before_building(params, rule):
+    from client.policy import check_model
+    from contract.schema import SCHEMA
+    from models import ModelSpec
+    from models.pipeline import FeatureSpec
+
+    pipeline = SCHEMA.pipeline(FeatureSpec())
+    _refused(rule, check_model, ModelSpec("mlp", params), POLICY, pipeline, 3)
+    if rule == "max-parameters":
+        check_model(ModelSpec("mlp", params), NodePolicy(dp_enabled=False), pipeline, 3)
+
+
+def test_a_round_past_its_wall_time_is_stopped_and_names_the_rule():
+    from client.training import FlopMeter, train_local
+
+    model = MLPClassifier(8, 3)
+    x, y = torch.randn(512, 8), torch.randint(0, 3, (512,))
+    config = TrainConfig(lr=0.05, local_epochs=5, batch_size=16, seconds_max=0.0)
+    _refused("round-seconds", train_local, model, x, y, config, FlopMeter())

@@ -186,3 +186,23 @@ def test_the_sentinel_appears_in_no_node_log_line(tmp_path, caplog, monkeypatch)
             logging.getLogger("test").info(str(ex))
     text = caplog.text
     assert "refused by rule" in text and str(SENTINEL) not in text and "987654" not in text
+
+
+def test_no_outgoing_weight_row_is_a_training_record(attacked):
+    """The sentinel check, inside the weights: every row of every array as wide as the model's
+    input that left the node is compared with every training record (after the node's
+    standardisation, the sentinel's record included)."""
+    from client.node import ResidentCohort
+
+    replies, node, _, _ = attacked
+    records = ResidentCohort(node).standard.x_train.numpy().astype(np.float64)
+    records = records - records.mean(axis=1, keepdims=True)
+    records /= np.linalg.norm(records, axis=1, keepdims=True)
+    rows = [array.numpy().astype(np.float64) for reply in replies if not reply.has_error()
+            and "arrays" in reply.content for array in reply.content["arrays"].values()
+            if array.numpy().ndim == 2 and array.numpy().shape[1] == records.shape[1]]
+    assert rows, "no outgoing weights were checked"
+    rows = np.concatenate(rows)
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert np.abs(rows @ records.T).max() < 0.9
