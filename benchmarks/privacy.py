@@ -16,7 +16,9 @@ node's own training functions (``train_local``, ``train_local_dp``) in a plain l
 FedAvg with one node is exactly this loop (``tests/test_e2e.py``); FedAdam's server optimiser is
 not reproduced, so A is fine-tuned as with FedAvg here. Prints one table; asserts nothing::
 
-    python benchmarks/privacy.py [--seeds 3] [--noise 0.7 1.0 1.5] [--clip 1.0]
+    python benchmarks/privacy.py [--seeds 3] [--noise 0.5 1.0] [--clip 2.0]
+
+docs/privacy.md holds the sweep over noise and clipping that chose the pilot's defaults.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from client.holdout import score_predictions  # noqa: E402
 from client.node import ResidentCohort  # noqa: E402
 from client.privacy import PrivacyPolicy, epsilon, round_entry, train_local_dp  # noqa: E402
-from client.settings import NodeSettings  # noqa: E402
+from client.settings import CONF_DIR, NodeSettings, load_policy  # noqa: E402
 from client.training import FlopMeter, TrainConfig, predict, train_local  # noqa: E402
 from contract.submission import Submission  # noqa: E402
 from models import ModelSpec, build_for  # noqa: E402
@@ -135,8 +137,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--noise", type=float, nargs="+", default=[1.0], help="DP noise multipliers")
-    parser.add_argument("--clip", type=float, default=1.0, help="DP per-example clipping norm")
+    pilot = load_policy(CONF_DIR / "policy" / "pilot.yaml")
+    parser.add_argument("--noise", type=float, nargs="+", default=[pilot.dp_noise_multiplier],
+                        help="DP noise multipliers (default: the pilot policy's)")
+    parser.add_argument("--clip", type=float, default=pilot.dp_max_grad_norm,
+                        help="DP per-example clipping norm (default: the pilot policy's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     arms = {"DP off": None} | {f"DP sigma {s:g} C {args.clip:g}":

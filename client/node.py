@@ -246,9 +246,11 @@ class Node:
         reply = RecordDict({
             "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
             "metrics": MetricRecord({
-                ReplyKey.TRAIN_LOSS: result.loss, ReplyKey.NUM_EXAMPLES: result.num_examples,
-                ReplyKey.COMPUTE_FLOPS: result.flops, ReplyKey.DEVICE_SECONDS: result.device_seconds,
-            }),
+                ReplyKey.NUM_EXAMPLES: result.num_examples, ReplyKey.COMPUTE_FLOPS: result.flops,
+                ReplyKey.DEVICE_SECONDS: result.device_seconds,
+                # an exact mean over the training records answers a strategy's crafted question
+                # outside DP's guarantee: under DP-SGD it is not sent
+                **({} if privacy else {ReplyKey.TRAIN_LOSS: result.loss})}),
         })
         check_reply(reply, shapes, TRAIN_REPLY_KEYS, policy)
         return reply
@@ -284,8 +286,11 @@ class Node:
         predictions = self._predict_holdout(model, view)
         record.write_final(
             self._score(predictions, run.submission_id),
-            rounds=[r for r, loss, _, _ in rounds if loss is not None],
-            losses=[loss for _, loss, _, _ in rounds if loss is not None],
+            rounds_trained=sum(loss is not None for _, loss, _, _ in rounds),
+            # under DP-SGD the exact training loss is an un-noised answer about the training
+            # records: it stays in the node's ledger
+            curve=[] if self.settings.policy.privacy else
+            [(r, loss) for r, loss, _, _ in rounds if loss is not None],
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
             classes=self.cohort.classes, usage=self._usage_metrics(run, usage.submissions, usage.flops))
         try:  # the score is recorded; what follows explains it, and must not fail the run

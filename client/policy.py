@@ -50,9 +50,9 @@ class NodePolicy:
     run_gpu_memory_gb: float = 22.49
     dp_enabled: bool = True
     dp_noise_multiplier: float = 1.0
-    dp_max_grad_norm: float = 1.0
+    dp_max_grad_norm: float = 2.0
     dp_delta: float = 1e-5
-    dp_epsilon_budget: float = 10.0
+    dp_epsilon_budget: float = 21.0
     dp_max_parameters: int = 500_000
     importance_per_feature: bool = False
     record_tripwire: bool = True

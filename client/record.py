@@ -56,16 +56,16 @@ class OfficialRecord:
         with the contributor's budget use from the node's ledger."""
         self._log({**scores.as_metrics(Moment.OUT_OF_THE_BOX), **usage}, params=params)
 
-    def write_final(self, scores: HoldoutScores, rounds: Sequence[int], losses: Sequence[float],
+    def write_final(self, scores: HoldoutScores, rounds_trained: int, curve: Sequence[tuple[int, float]],
                     flops: int, device_seconds: float, classes: Sequence[str],
                     usage: dict[str, float]) -> None:
-        """Record the fine-tuned holdout score, the training curve, the compute used by
-        this run and the contributor's budget use."""
+        """Record the fine-tuned holdout score, the training curve (``(round, loss)``; empty
+        under DP-SGD), the compute used by this run and the contributor's budget use."""
         metrics = {**scores.as_metrics(Moment.FINE_TUNED), **usage,
                    UsageMetric.COMPUTE_FLOPS: float(flops), UsageMetric.COMPUTE_PF: flops / 1e15,
                    UsageMetric.COMPUTE_DEVICE_SECONDS: device_seconds,
-                   UsageMetric.ROUNDS_TRAINED: float(len(rounds))}
-        self._log(metrics, series={TRAIN_LOSS_SERIES: list(zip(rounds, losses, strict=False))})
+                   UsageMetric.ROUNDS_TRAINED: float(rounds_trained)}
+        self._log(metrics, series={TRAIN_LOSS_SERIES: list(curve)})
         self._client.log_figure(self.run_id, _confusion_figure(scores, classes), Artifact.CONFUSION)
 
     def write_importance(self, importances: dict[str, Importance], groups: Iterable[str]) -> None:

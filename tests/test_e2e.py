@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from processes import engine_processes_after
 
 from client.holdout import score_predictions
 from client.node import ResidentCohort, round_seed
@@ -61,8 +62,9 @@ def test_the_run_holds_params_scores_series_compute_and_figure(finished_run):
     # the pilot trains under DP-SGD: privacy spent is recorded beside compute
     assert metrics["compute_flops"] > 0
     assert 0 < metrics["privacy_epsilon"] <= metrics["privacy_epsilon_budget"]
-    history = MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss")
-    assert [m.step for m in history] == list(range(1, ROUNDS + 1))
+    assert metrics["rounds_trained"] == ROUNDS
+    # the exact training loss is an un-noised answer about the records: under DP it stays on the node
+    assert MlflowClient(uri).get_metric_history(run.info.run_id, "train_loss") == []
     artifacts = [a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)]
     assert "holdout_confusion_matrix.png" in artifacts
 
@@ -125,9 +127,7 @@ def test_progress_and_ui_hint_are_printed(finished_run):
 
 
 def test_no_engine_process_is_left_running(finished_run):
-    left = subprocess.run(["pgrep", "-f", "ray::|raylet|gcs_server|ClientAppActor"],
-                          capture_output=True, text=True)
-    assert left.stdout.strip() == "", left.stdout
+    assert engine_processes_after(10) == ""
 
 
 def test_a_strategy_the_node_refuses_fails_the_run_with_the_rule_name(tmp_path):

@@ -6,19 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-
-def _engine_processes() -> str:
-    """Live engine processes (zombies are dead: they only wait for this VM's init to reap them)."""
-    pattern = "ray::|raylet|gcs_server|ClientAppActor|multiprocessing-fork"
-    found = subprocess.run(["pgrep", "-a", "-f", pattern], capture_output=True, text=True)
-    return "\n".join(line[:120] for line in found.stdout.splitlines()
-                     if "pgrep" not in line and "<defunct>" not in line)
+from processes import engine_processes_after
 
 
 def test_sigterm_during_the_demo_stops_its_runs_and_their_engines(tmp_path):
-    left = _engine_processes()
+    left = engine_processes_after(10)
     assert left == "", f"another test left engine processes running: {left}"
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
     demo = subprocess.Popen([sys.executable, "-m", "server.cli", "demo", f"output_dir={tmp_path}",
@@ -34,7 +27,4 @@ def test_sigterm_during_the_demo_stops_its_runs_and_their_engines(tmp_path):
         if demo.poll() is None:
             demo.kill()
     assert demo.returncode != 0
-    deadline = time.monotonic() + 30
-    while _engine_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _engine_processes() == ""
+    assert engine_processes_after(30) == ""

@@ -377,6 +377,6 @@ def test_a_refused_model_reads_no_data_for_its_features(node, store):
     features = FeatureSpec(gene_sets={"q": ("gene_7", "gene_8")})
     facts = node_run(contributor="tester-r", submission_id=_new_run(store), seed=0, num_rounds=1,
                      model=ModelSpec("mlp", {"hidden": [10**6]}), features=features)
-    with pytest.raises(PolicyViolation, match="max-parameters"):
+    with pytest.raises(PolicyViolation, match="max-width"):
         node.build(facts)
     assert features.to_json() not in node.cohort._views
