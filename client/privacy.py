@@ -37,8 +37,11 @@ def epsilon(history: list[Entry], delta: float) -> float:
         return 0.0
     from opacus.accountants import RDPAccountant
 
+    steps: dict[tuple[float, float], int] = {}
+    for noise, rate, count in history:  # RDP adds over steps: one entry per (noise, rate) is exact
+        steps[noise, rate] = steps.get((noise, rate), 0) + count
     accountant = RDPAccountant()
-    accountant.history = list(history)
+    accountant.history = [(noise, rate, count) for (noise, rate), count in steps.items()]
     return float(accountant.get_epsilon(delta))
 
 
