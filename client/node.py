@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
 from client.cohort import load_cohort, split_cohort
-from client.errors import PolicyViolation
+from client.errors import PolicyViolation, ReplyRefused
 from client.holdout import (
     HoldoutScores,
     bootstrap_intervals,
@@ -173,6 +173,8 @@ class Node:
     #: gene sets scored as groups (each costs as much as a feature).
     importance_repeats: ClassVar[int] = 5
     importance_gene_sets: ClassVar[int] = 50
+    #: Smaller sets are not scored as groups: one- or two-gene sets would give per-feature answers.
+    importance_min_genes: ClassVar[int] = 5
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
@@ -242,7 +244,15 @@ class Node:
                                      result.loss if result else None, self.meter.total - flops_before,
                                      result.device_seconds if result else time.perf_counter() - started)
         if policy.record_tripwire:
-            check_no_record_in_weights(incoming, model.state_dict(), x)
+            try:
+                check_no_record_in_weights(incoming, model.state_dict(), x)
+            except ReplyRefused:
+                if not privacy:
+                    raise
+                # under DP a refusal decided on the real records would answer "is this record in
+                # the training set?" outside the noise: the alarm stays on the node
+                log.warning("record tripwire: a reply of submission %s matched a training record; "
+                            "sent under DP-SGD", run.submission_id)
         reply = RecordDict({
             "arrays": ArrayRecord({k: v.detach().cpu() for k, v in model.state_dict().items()}),
             "metrics": MetricRecord({
@@ -366,9 +376,11 @@ class Node:
             {name: {"mean": i.mean, "sd": i.sd} for name, i in importances.items()}, indent=1))
 
     def _importance_groups(self, run: Submission) -> dict[str, list[str]]:
-        """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets
-        (the first ``importance_gene_sets`` by name, the model's prior over the pipeline's)."""
+        """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets of
+        at least ``importance_min_genes`` genes (the first ``importance_gene_sets`` by name, the
+        model's prior over the pipeline's)."""
         given = {**run.features.gene_sets, **run.model.params.get("gene_sets", {})}
+        given = {name: genes for name, genes in given.items() if len(genes) >= self.importance_min_genes}
         gene_sets = {name: list(given[name]) for name in sorted(given)[:self.importance_gene_sets]}
         return column_groups(list(self.cohort.schema.feature_columns), gene_sets)
 

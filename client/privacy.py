@@ -112,7 +112,10 @@ def _dp_step(model: nn.Module, params: dict[str, nn.Parameter], xb: torch.Tensor
     summed = {k: torch.zeros_like(p) for k, p in values.items()}
     loss = 0.0
     if len(yb):
-        grads = per_example(values, xb, yb)
+        # a crafted model can make one record's gradient infinite or NaN; zeroed, every gradient
+        # stays bounded by the clip, so no record decides whether the weights stay finite
+        grads = {k: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+                 for k, g in per_example(values, xb, yb).items()}
         norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
         factor = (clip / (norms + 1e-6)).clamp(max=1.0)
         summed = {k: torch.einsum("i,i...->...", factor, g) for k, g in grads.items()}

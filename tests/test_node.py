@@ -340,7 +340,7 @@ def test_a_second_run_is_compared_with_the_first_record_by_record(node, store, f
 
 
 def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
-    sets = {"a": ("gene_0", "gene_1", "gene_2"), "b": ("gene_3", "gene_4")}
+    sets = {"a": ("gene_0", "gene_1", "gene_2", "gene_5", "gene_6"), "b": ("gene_3", "gene_4")}
     features = FeatureSpec(gene_sets=sets, gene_set_score="pc1", interactions=("clinical_0",),
                            interaction_left="gene_sets")
     model = ModelSpec("pathway", {"gene_sets": {k: list(v) for k, v in sets.items()},
@@ -354,6 +354,7 @@ def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
     node.score_fine_tuned(RecordDict({"arrays": reply["arrays"]}), facts)
     metrics = MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
     assert "importance_set:a" in metrics and "holdout_fine_tuned_macro_f1" in metrics
+    assert "importance_set:b" not in metrics  # two genes would be a per-feature answer
 
 
 def test_a_failing_importance_does_not_fail_a_scored_run(node, store, monkeypatch):

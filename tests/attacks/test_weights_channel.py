@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -186,3 +187,41 @@ def test_remainder_differencing_wins_when_an_epoch_leaves_its_remainder_out(coho
         {**config, "server-round": server_round})}), submission)
         for server_round, (weights, config) in enumerate(rounds, start=1)]
     assert _remainder_recovered(replies, _true_records(settings)) == 1
+
+
+def _private_node(folder, name: str) -> tuple[Node, Submission, torch.Tensor]:
+    settings = _settings(folder, name, PILOT)
+    submission = Workspace(settings, "weights-channel").open_run(Submission(
+        contributor=f"mallory-{name}", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
+        model=LINEAR, lr=1e-5, batch_size=16, local_epochs=1, num_rounds=3))
+    node = Node(settings)
+    zeros = {"linear.weight": np.zeros((3, WIDTH)), "linear.bias": np.zeros(3)}
+    node.score_out_of_the_box(RecordDict({"arrays": _record(zeros)}), submission)
+    return node, submission, node.cohort.standard.x_train
+
+
+def _round(node: Node, submission: Submission, weights: dict, server_round: int, lr: float = 1e-5):
+    return node.train(RecordDict({"arrays": _record(weights), "config": ConfigRecord(
+        {"lr": lr, "batch-size": 16, "local-epochs": 1, "server-round": server_round})}), submission)
+
+
+def test_under_dp_the_tripwire_answers_no_membership_question(cohort):
+    """A first-layer row equal to a candidate record, barely trained: a refusal decided on the real
+    records would say whether the candidate is in the training set. Under DP the reply goes out
+    either way; the alarm stays in the node's log."""
+    node, submission, records = _private_node(cohort, "tripwire-oracle")
+    member = {"linear.weight": np.tile(records[0].numpy(), (3, 1)), "linear.bias": np.zeros(3)}
+    outsider = {"linear.weight": np.random.default_rng(0).standard_normal((3, WIDTH)),
+                "linear.bias": np.zeros(3)}
+    assert "arrays" in _round(node, submission, member, 1)
+    assert "arrays" in _round(node, submission, outsider, 2)
+
+
+def test_a_gradient_made_infinite_by_one_record_cannot_decide_whether_the_reply_is_refused(cohort):
+    """Weights that overflow the logit exactly when some record's feature passes a threshold:
+    without care one record turns every weight into NaN and the refusal answers the question."""
+    node, submission, records = _private_node(cohort, "overflow-oracle")
+    weights = {"linear.weight": np.zeros((3, WIDTH)), "linear.bias": np.zeros(3)}
+    weights["linear.weight"][0, 5] = 3.4e38 / float(records[:, 5].max() - 0.01)
+    reply = _round(node, submission, weights, 1, lr=0.05)
+    assert all(np.isfinite(array.numpy()).all() for array in reply["arrays"].values())
