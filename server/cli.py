@@ -207,7 +207,7 @@ def print_policy(overrides: list[str]) -> int:
     if not policy.dp_enabled:
         print("\nWARNING: differential privacy is off. A strategy chooses the weights the node trains "
               "from,\nso it can build a model whose update copies training records into the reply "
-              "(docs/privacy.md:\nthe imprint attack recovers most of them in one round). Only "
+              "(docs/privacy.md:\nthe imprint attack recovered 331 of 512 in one round). Only "
               "trusted strategies should run.")
     return 0
 

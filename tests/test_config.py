@@ -125,3 +125,13 @@ def test_every_run_config_key_is_declared_in_the_flower_app():
     assert set(RUN_CONFIG_KEYS) == set(declared)
     sub = entry_from_config(compose_config(["model=linear"])).submission
     assert set(sub.to_run_config()) == set(declared)
+
+
+def test_cohortfl_policy_warns_plainly_when_differential_privacy_is_off(capsys):
+    from server.cli import main
+
+    assert main(["policy"]) == 0
+    assert "dp_enabled               True" in capsys.readouterr().out
+    assert main(["policy", "policy.dp_enabled=false"]) == 0
+    shown = capsys.readouterr().out
+    assert "WARNING: differential privacy is off" in shown and "docs/privacy.md" in shown
