@@ -26,17 +26,19 @@ from client.settings import NodeSettings  # noqa: E402
 from client.training import FlopMeter, TrainConfig, train_local  # noqa: E402
 from contract.submission import Submission  # noqa: E402
 from models import ModelSpec, build_model  # noqa: E402
+from server.signing import WorkspaceSigner  # noqa: E402
 from server.workspace import Workspace, simulate  # noqa: E402
 from synthetic.disease import generate_cohort  # noqa: E402
 
 
-def federated(node: NodeSettings, submission: Submission) -> dict[str, float | list[float]]:
+def federated(node: NodeSettings, signer: WorkspaceSigner, submission: Submission
+              ) -> dict[str, float | list[float]]:
     """Timestamps of one Flower run's phases and rounds."""
     stamps: dict[str, list[float]] = {"out_of_the_box": [], "round": [], "fine_tuned": []}
-    workspace = Workspace(node, "overhead-benchmark")
+    workspace = Workspace(node, "overhead-benchmark", signer)
     opened = workspace.open_run(submission, batch="benchmark")
     started = time.perf_counter()
-    error = simulate(opened, node, verbose=False,
+    error = simulate(workspace.run_config(opened), node, verbose=False,
                      progress=lambda phase, done, total: stamps[phase].append(time.perf_counter()))
     finished = time.perf_counter()
     workspace.close_run(opened, error)
@@ -72,14 +74,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cohort.parquet"
         generate_cohort(0).to_parquet(path, index=False)
+        signer = WorkspaceSigner(Path(tmp) / "workspace" / "grant-key.pem")
         node = NodeSettings(data_path=str(path), tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-                            state_dir=f"{tmp}/node-state")
+                            state_dir=f"{tmp}/node-state", workspace_key=str(signer.public_key_path))
         submission = Submission(
             contributor="bench", strategy={"_target_": "flwr.serverapp.strategy.FedAvg",
                                            "fraction_evaluate": 0.0},
             model=ModelSpec(args.model, {"hidden": [64]} if args.model == "mlp" else {}),
             lr=0.05, batch_size=32, local_epochs=1, num_rounds=args.rounds)
-        fed = federated(node, submission)
+        fed = federated(node, signer, submission)
         loop = local(node, submission)
     # round 1 also pays first-use costs (torch's optimizer imports torch._dynamo): shown apart
     fed_rounds, loop_rounds = fed["per_round"][1:], loop[1:]

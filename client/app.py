@@ -29,6 +29,9 @@ from contract.submission import Submission, run_config_key
 
 log = logging.getLogger("cohortfl.node")
 
+#: Prefix of a contributor name in the export ledger when the run's grant did not verify.
+UNVERIFIED = "unverified:"
+
 Action = Callable[[Node, RecordDict, Submission], RecordDict]
 
 
@@ -63,7 +66,8 @@ def _serve(msg: Message, context: Context, settings: NodeSettings | None, action
     """Run one node action under the guard; every reply that leaves -- records or
     error text -- goes into the export ledger first."""
     settings = settings or NodeSettings.from_node_config(context.node_config)
-    who = (str(context.run_config.get(run_config_key("contributor"), "?")),
+    # until the workspace's grant is verified, the run's identity is only a claim, and is ledgered so
+    who = (UNVERIFIED + str(context.run_config.get(run_config_key("contributor"), "?")),
            str(context.run_config.get(run_config_key("submission_id"), "?")), msg.metadata.message_type)
     try:
         node = Node.for_settings(settings)
@@ -72,7 +76,9 @@ def _serve(msg: Message, context: Context, settings: NodeSettings | None, action
         raise _refuse(NodeLedger(settings.ledger_path), who, NodeError(
             "the node cannot load its cohort or state; the node operator has the details")) from None
     try:
-        reply = action(node, msg.content, read_submission(context.run_config))
+        run = read_submission(context.run_config, settings.workspace_key_pem)
+        who = (run.contributor, run.submission_id, who[2])
+        reply = action(node, msg.content, run)
     except NodeError as ex:
         raise _refuse(node.ledger, who, ex) from None
     except Exception:  # anything else may quote data: log here, send no detail

@@ -9,15 +9,18 @@ scalars. Anything else is refused, by rule name.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives import serialization
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.errors import PolicyViolation, ReplyRefused
 from client.privacy import PrivacyPolicy
 from client.training import TrainConfig
+from contract.grant import GRANT_KEY, GrantError, RunGrant, config_digest, verify
 from contract.names import TrainKey
 from contract.schema import SCHEMA, CohortSchema
 from contract.submission import RunConfigError, Submission
@@ -119,15 +122,24 @@ def check_train_config(config: TrainConfig, policy: NodePolicy) -> None:
     _within("server-round-range", config.server_round, 1, policy.rounds_max)
 
 
-def read_submission(run_config: dict) -> Submission:
-    """The run's submission, as the workspace set it when it created the run.
+def read_submission(run_config: dict, workspace_key: bytes | None) -> Submission:
+    """The run's submission, as the workspace signed it when it created the run.
+
+    Parameters
+    ----------
+    run_config : dict
+        Flower's run config: the submission's keys and the workspace's ``grant``.
+    workspace_key : bytes or None
+        The workspace's public key (PEM) the node trusts; None: the node trusts none.
 
     Raises
     ------
     PolicyViolation
-        ``run-config`` (a key missing or malformed), ``feature-spec`` or ``run-identity``
-        (no contributor or submission id).
+        ``run-grant`` (no grant, a forged one, or a config other than the one signed),
+        ``run-grant-expired``, ``run-identity`` (the grant names another contributor or
+        submission, or none), ``run-config`` (a key missing or malformed) or ``feature-spec``.
     """
+    grant = _verified_grant(run_config, workspace_key)
     try:
         submission = Submission.from_run_config(run_config)
     except FeatureSpecError as ex:
@@ -137,7 +149,29 @@ def read_submission(run_config: dict) -> Submission:
     if not submission.contributor or not submission.submission_id:
         raise PolicyViolation("run-identity", "runs are created by the workspace with a "
                               "contributor and a submission id")
+    if (grant.contributor, grant.submission_id) != (submission.contributor, submission.submission_id):
+        raise PolicyViolation("run-identity", "the run's contributor or submission is not the one "
+                              "the workspace signed")
     return submission
+
+
+def _verified_grant(run_config: dict, workspace_key: bytes | None) -> RunGrant:
+    """The run's grant, verified against the workspace's key, unexpired, covering this config."""
+    if not workspace_key:
+        raise PolicyViolation("run-grant", "the node trusts no workspace key: its operator sets "
+                              "--node-config workspace-key=<public key file>")
+    token = run_config.get(GRANT_KEY)
+    if not token:
+        raise PolicyViolation("run-grant", "runs are created by the workspace, with a signed grant")
+    try:
+        grant = verify(str(token), serialization.load_pem_public_key(workspace_key))
+    except GrantError as ex:
+        raise PolicyViolation("run-grant", str(ex)) from None
+    if grant.expires_at < time.time():
+        raise PolicyViolation("run-grant-expired", "the workspace's grant for this run has expired")
+    if grant.config_digest != config_digest(run_config):
+        raise PolicyViolation("run-grant", "the run config differs from the one the workspace signed")
+    return grant
 
 
 def feature_pipeline(spec: FeatureSpec, schema: CohortSchema = SCHEMA) -> FeaturePipeline:

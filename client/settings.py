@@ -33,6 +33,8 @@ class NodeSettings:
     state_dir : str
         The node's own directory for what it keeps between runs and processes:
         its ledger (submissions, compute, exports) and its FLOP counts.
+    workspace_key : str
+        The workspace's public key file (PEM): the node works only for runs it signed.
     """
 
     data_path: str
@@ -42,11 +44,12 @@ class NodeSettings:
     split_seed: int = 0
     device: str = "auto"
     policy: NodePolicy = field(default_factory=NodePolicy)
+    workspace_key: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: UserConfig) -> NodeSettings:
         """Read ``--node-config`` keys: data-path, tracking-uri, state-dir, and optional
-        holdout-size, split-seed, device, policy (a ``conf/policy`` name)."""
+        holdout-size, split-seed, device, policy (a ``conf/policy`` name), workspace-key."""
         for key in ("data-path", "tracking-uri", "state-dir"):
             if key not in node_config:
                 raise NodeError(f"the node needs --node-config '{key}=...'")
@@ -59,8 +62,15 @@ class NodeSettings:
             device=str(node_config.get("device", "auto")),
             state_dir=str(node_config["state-dir"]),
             policy=load_policy(CONF_DIR / "policy" / f"{policy}.yaml"),
+            workspace_key=str(node_config.get("workspace-key", "")),
         )
 
+
+    @property
+    def workspace_key_pem(self) -> bytes | None:
+        """The workspace's public key the node trusts, or None when none is configured."""
+        path = Path(self.workspace_key) if self.workspace_key else None
+        return path.read_bytes() if path and path.is_file() else None
 
     @property
     def ledger_path(self) -> Path:

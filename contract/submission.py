@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from contract.grant import GRANT_KEY
 from contract.names import TrainKey
 from models import ModelSpec
 from models.pipeline import FeatureSpec, FeatureSpecError
@@ -128,8 +129,9 @@ def run_config_key(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
-#: Every run-config key, in field order (``pyproject.toml`` declares each, a test checks it).
-RUN_CONFIG_KEYS = tuple(run_config_key(f.name) for f in fields(Submission))
+#: Every run-config key: the fields, then the workspace's signed grant (``contract/grant.py``).
+#: ``pyproject.toml`` declares each; a test checks it.
+RUN_CONFIG_KEYS = (*(run_config_key(f.name) for f in fields(Submission)), GRANT_KEY)
 
 
 def _to_wire(value: object) -> str | int | float:

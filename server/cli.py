@@ -92,6 +92,7 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     from server.config import load_job
     from server.intake import load_package
     from server.leaderboard import format_leaderboard, read_leaderboard
+    from server.signing import WorkspaceSigner
     from server.workspace import Workspace
     from synthetic.pretraining import with_pretrained_weights
 
@@ -109,7 +110,8 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
         if job.workspace.synthetic_seed is not None:
             write_synthetic_cohort(job.workspace.cohort_path, job.workspace.synthetic_seed)
         check_cohort(job.node)  # in simulation this command is also the node's operator
-        workspace = Workspace(job.node, job.workspace.experiment, verbose=verbose)
+        workspace = Workspace(job.node, job.workspace.experiment,
+                              WorkspaceSigner(job.workspace.signing_key), verbose=verbose)
         for submission in submissions:
             workspace.check(submission)
     except (NodeError, HydraException, OmegaConfBaseException, ValueError, OSError) as ex:

@@ -67,6 +67,11 @@ def tracking_uri(cfg: DictConfig) -> str:
     return f"sqlite:///{output_dir(cfg) / 'mlflow.db'}"
 
 
+def signing_key_path(cfg: DictConfig) -> Path:
+    """The workspace's private signing key; the local node trusts its ``.pub`` beside it."""
+    return output_dir(cfg) / "workspace" / "grant-key.pem"
+
+
 def output_dir(cfg: DictConfig) -> Path:
     """The absolute output directory (relative paths are taken from the working directory)."""
     return Path(str(cfg.output_dir)).expanduser().resolve()
@@ -80,6 +85,7 @@ def node_settings(cfg: DictConfig) -> NodeSettings:
         holdout_size=int(cfg.cohort.holdout_size),
         split_seed=int(cfg.cohort.split_seed),
         state_dir=str(output_dir(cfg) / "node-state"),
+        workspace_key=str(signing_key_path(cfg)) + ".pub",
         policy=policy_from_mapping(OmegaConf.to_container(cfg.policy, resolve=True)),
     )
 
@@ -99,6 +105,7 @@ class WorkspaceSettings:
     parallel_runs: int
     cohort_path: Path
     synthetic_seed: int | None
+    signing_key: Path
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,8 @@ def load_job(overrides: list[str], demo: bool) -> Job:
             experiment=str(cfg.tracking.experiment),
             parallel_runs=int(cfg.workspace.parallel_runs),
             cohort_path=Path(str(cfg.cohort.path)).expanduser(),
-            synthetic_seed=int(cfg.cohort.seed) if cfg.cohort.kind == "synthetic" else None),
+            synthetic_seed=int(cfg.cohort.seed) if cfg.cohort.kind == "synthetic" else None,
+            signing_key=signing_key_path(cfg)),
         node=node_settings(cfg),
         entries=[entry_from_config(compose_config(o)) for o in each],
         output_dir=output_dir(cfg),

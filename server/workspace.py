@@ -31,6 +31,7 @@ from contract.names import Artifact, Moment, Tag, holdout_metric
 from contract.schema import SCHEMA
 from contract.submission import Submission
 from server.app import Progress
+from server.signing import WorkspaceSigner
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,19 @@ class Workspace:
         The (simulated) node's settings, foundation-owned.
     experiment : str
         MLflow experiment that holds the leaderboard.
+    signer : WorkspaceSigner
+        Signs each run's grant; the node trusts its public key.
     artifact_dir : Path, optional
         Where a new experiment keeps its artifacts; by default ``mlartifacts``
         beside a SQLite store (a tracking server decides for itself).
     """
 
-    def __init__(self, node: NodeSettings, experiment: str, artifact_dir: Path | None = None,
-                 verbose: bool = False) -> None:
+    def __init__(self, node: NodeSettings, experiment: str, signer: WorkspaceSigner,
+                 artifact_dir: Path | None = None, verbose: bool = False) -> None:
         from mlflow.tracking import MlflowClient
 
         self.node = node
+        self.signer = signer
         self.verbose = verbose
         self.client = MlflowClient(node.tracking_uri)
         if artifact_dir is None and node.tracking_uri.startswith("sqlite:///"):
@@ -79,13 +83,13 @@ class Workspace:
         outcomes = []
         if parallel <= 1:
             for submission in opened:
-                error = simulate(submission, self.node, self.verbose,
+                error = simulate(self.run_config(submission), self.node, self.verbose,
                                  progress(submission) if progress else None)
                 outcomes.append(self.close_run(submission, error))
             return outcomes
         context = multiprocessing.get_context("spawn")  # each run its own engine and Ray
         with ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=os.setsid) as pool:
-            futures = {pool.submit(simulate, s, self.node, self.verbose,
+            futures = {pool.submit(simulate, self.run_config(s), self.node, self.verbose,
                                    progress(s) if progress else None): s for s in opened}
             try:
                 for future in as_completed(futures):
@@ -128,6 +132,10 @@ class Workspace:
         self.client.log_dict(run.info.run_id, submission.declaration(), Artifact.SUBMISSION)
         return replace(submission, submission_id=run.info.run_id)
 
+    def run_config(self, submission: Submission) -> dict[str, object]:
+        """The Flower run config of an opened submission, with the workspace's signed grant."""
+        return self.signer.signed(submission.to_run_config())
+
     def close_run(self, submission: Submission, error: str) -> Outcome:
         """Mark the run finished, or failed with the reason.
 
@@ -142,7 +150,7 @@ class Workspace:
         return Outcome(submission, ok=not error, error=error)
 
 
-def simulate(submission: Submission, node: NodeSettings, verbose: bool,
+def simulate(run_config: dict[str, object], node: NodeSettings, verbose: bool,
              progress: Progress | None) -> str:
     """One Flower run on the simulation engine; returns the error text, empty on success."""
     from client.app import build_client_app
@@ -151,8 +159,7 @@ def simulate(submission: Submission, node: NodeSettings, verbose: bool,
     from server.engine import run_simulation
 
     try:
-        run_simulation(build_server_app(progress), build_client_app(node),
-                       submission.to_run_config(),
+        run_simulation(build_server_app(progress), build_client_app(node), run_config,
                        use_gpu=resolve_device(node.device).type == "cuda", verbose=verbose)
     except Exception as ex:
         return f"{type(ex).__name__}: {ex}"

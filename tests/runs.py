@@ -1,10 +1,13 @@
-"""Submissions as the node reads them from a run config, for tests that call the node directly."""
+"""Submissions as the node reads them from a run config, and the workspace's signer, for tests."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from contract.submission import Submission
 from models import ModelSpec
 from models.pipeline import FeatureSpec
+from server.signing import WorkspaceSigner
 
 
 def node_run(contributor: str, submission_id: str, model: ModelSpec, seed: int = 0,
@@ -14,3 +17,8 @@ def node_run(contributor: str, submission_id: str, model: ModelSpec, seed: int =
                       num_rounds=num_rounds, features=features or FeatureSpec(),
                       strategy={"_target_": "flwr.serverapp.strategy.FedAvg"}, lr=0.05, batch_size=32,
                       local_epochs=1)
+
+
+def local_signer(folder: Path) -> WorkspaceSigner:
+    """The workspace's signer for a test's local node (its key under ``folder``)."""
+    return WorkspaceSigner(Path(folder) / "workspace" / "grant-key.pem")

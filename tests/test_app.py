@@ -41,7 +41,7 @@ def test_a_cohort_that_fails_to_load_sends_fixed_text_and_is_ledgered(tmp_path, 
         app(message, _context(tmp_path))
     assert "cannot load its cohort" in str(info.value)
     assert SENTINEL not in str(info.value) and "P000" not in str(info.value)
-    [export] = NodeLedger(settings.ledger_path).exports("mallory")
+    [export] = NodeLedger(settings.ledger_path).exports("unverified:mallory")  # before any grant
     assert export.keys == ["error"] and export.message_type == "query.holdout_out_of_the_box"
 
 

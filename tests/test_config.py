@@ -124,7 +124,7 @@ def test_every_run_config_key_is_declared_in_the_flower_app():
     declared = project["tool"]["flwr"]["app"]["config"]
     assert set(RUN_CONFIG_KEYS) == set(declared)
     sub = entry_from_config(compose_config(["model=linear"])).submission
-    assert set(sub.to_run_config()) == set(declared)
+    assert set(sub.to_run_config()) | {"grant"} == set(declared)
 
 
 def test_cohortfl_policy_warns_plainly_when_differential_privacy_is_off(capsys):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from runs import local_signer
 
 from client.settings import NodeSettings
 from contract.submission import Submission
@@ -63,7 +64,8 @@ def federation(tmp_path):
     generate_cohort(0).to_parquet(tmp_path / "cohort.parquet", index=False)
     node = NodeSettings(data_path=str(tmp_path / "cohort.parquet"),
                         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
-                        state_dir=str(tmp_path / "node-state"))
+                        state_dir=str(tmp_path / "node-state"),
+                        workspace_key=str(local_signer(tmp_path).public_key_path))
     link_port, node_port = free_port(), free_port()
     processes = []
     try:
@@ -73,7 +75,7 @@ def federation(tmp_path):
                                tmp_path / "superlink.log", env))
         node_config = " ".join(f'{k}="{v}"' for k, v in {
             "data-path": node.data_path, "tracking-uri": node.tracking_uri,
-            "state-dir": node.state_dir}.items())
+            "state-dir": node.state_dir, "workspace-key": node.workspace_key}.items())
         processes.append(start([str(bin_dir / "flower-supernode"), "--insecure", "--superlink",
                                 f"127.0.0.1:{link_port}", "--host", "127.0.0.1", "--port",
                                 str(node_port), "--node-config", node_config],
@@ -92,12 +94,12 @@ def federation(tmp_path):
 
 def test_a_submission_runs_on_superlink_and_supernode(federation):
     node, home = federation
-    workspace = Workspace(node, "deployment")
+    workspace = Workspace(node, "deployment", local_signer(home.parent))
     submission = workspace.open_run(Submission(
         contributor="alice", strategy={"_target_": "flwr.serverapp.strategy.FedAvg",
                                        "fraction_evaluate": 0.0},
         model=ModelSpec("linear"), lr=0.1, batch_size=32, local_epochs=1, num_rounds=2))
-    error = run_on_superlink(submission.to_run_config(), PROJECT, "loopback", flwr_home=home,
+    error = run_on_superlink(workspace.run_config(submission), PROJECT, "loopback", flwr_home=home,
                              timeout=400)
     outcome = workspace.close_run(submission, error)
     assert outcome.ok, outcome.error

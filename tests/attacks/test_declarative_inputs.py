@@ -4,13 +4,14 @@ pathway model's weights. The node refuses each by rule before any record is touc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, RecordDict
 from mlflow.tracking import MlflowClient
-from runs import node_run
+from runs import local_signer, node_run
 
 from client.errors import PolicyViolation
 from client.node import Node
@@ -30,14 +31,16 @@ def node(tmp_path_factory, cohort_parquet) -> Node:
     uri = f"sqlite:///{root}/mlflow.db"
     MlflowClient(uri).create_experiment("attacks", artifact_location=str(root / "artifacts"))
     return Node(NodeSettings(data_path=str(cohort_parquet), tracking_uri=uri, device="cpu",
-                             state_dir=str(root / "state")))
+                             state_dir=str(root / "state"),
+                             workspace_key=str(local_signer(root).public_key_path)))
 
 
 def _facts(node: Node, model: ModelSpec, features: str = "{}") -> Submission:
     client = MlflowClient(node.settings.tracking_uri)
     run_id = client.create_run(client.get_experiment_by_name("attacks").experiment_id).info.run_id
-    return read_submission({**RUN, "submission-id": run_id, "model": model.to_json(),
-                            "features": features})
+    signed = local_signer(Path(node.settings.state_dir).parent).signed(
+        {**RUN, "submission-id": run_id, "model": model.to_json(), "features": features})
+    return read_submission(signed, node.settings.workspace_key_pem)
 
 
 @pytest.mark.parametrize("features, why", [

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from runs import local_signer
 
 from client.app import build_client_app
 from client.ledger import NodeLedger
@@ -91,10 +92,12 @@ def attacked(tmp_path_factory):
     cohort = generate_cohort(0)
     cohort.loc[0, "gene_7"] = SENTINEL  # a value that must never leave the node
     cohort.to_parquet(tmp / "cohort.parquet", index=False)
+    signer = local_signer(tmp)
     node = NodeSettings(data_path=str(tmp / "cohort.parquet"), tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                         state_dir=str(tmp / "node-state"), device="cpu",
-                        policy=NodePolicy(max_array_bytes=1_000_000))
-    workspace = Workspace(node, "attacks")
+                        policy=NodePolicy(max_array_bytes=1_000_000),
+                        workspace_key=str(signer.public_key_path))
+    workspace = Workspace(node, "attacks", signer)
     submission = workspace.open_run(Submission(
         contributor="mallory", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
         model=ModelSpec("linear"), lr=0.05, batch_size=32, local_epochs=1, num_rounds=2))
@@ -108,7 +111,7 @@ def attacked(tmp_path_factory):
             [reply] = grid.send_and_receive([Message(content, node_id, message_type)])
             replies.append(reply)
 
-    run_simulation(app, build_client_app(node), submission.to_run_config())
+    run_simulation(app, build_client_app(node), workspace.run_config(submission))
     return replies, node, submission, tmp
 
 
@@ -167,17 +170,20 @@ def test_the_sentinel_appears_in_no_node_log_line(tmp_path, caplog, monkeypatch)
     cohort = generate_cohort(0)
     cohort.loc[0, "gene_7"] = SENTINEL
     cohort.to_parquet(tmp_path / "cohort.parquet", index=False)
+    signer = local_signer(tmp_path)
     node = NodeSettings(data_path=str(tmp_path / "cohort.parquet"),
                         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", state_dir=str(tmp_path / "s"),
-                        device="cpu", policy=NodePolicy(max_array_bytes=1_000_000))
-    submission = Workspace(node, "logs").open_run(Submission(
+                        device="cpu", policy=NodePolicy(max_array_bytes=1_000_000),
+                        workspace_key=str(signer.public_key_path))
+    workspace = Workspace(node, "logs", signer)
+    submission = workspace.open_run(Submission(
         contributor="mallory", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
         model=ModelSpec("linear"), lr=0.05, batch_size=32, local_epochs=1, num_rounds=2))
     for name, value in {"task_id": 1, "run_id": 1, "node_id": 0}.items():  # messages need one
         monkeypatch.setattr(TaskIdentity, f"_{name}", value)
     app = build_client_app(node)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=submission.to_run_config())
+                      run_config=workspace.run_config(submission))
     caplog.set_level(logging.DEBUG)
     for _, message_type, content, _ in ATTACKS:
         try:

@@ -25,6 +25,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from runs import local_signer
 
 from client.app import build_client_app
 from client.node import Node, ResidentCohort
@@ -69,7 +70,12 @@ def cohort(tmp_path_factory):
 
 def _settings(folder, name: str, policy) -> NodeSettings:
     return NodeSettings(data_path=str(folder / "cohort.parquet"), tracking_uri=f"sqlite:///{folder}/mlflow.db",
-                        state_dir=str(folder / f"node-{name}"), device="cpu", policy=policy)
+                        state_dir=str(folder / f"node-{name}"), device="cpu", policy=policy,
+                        workspace_key=str(local_signer(folder).public_key_path))
+
+
+def _workspace(folder, settings: NodeSettings) -> Workspace:
+    return Workspace(settings, "weights-channel", local_signer(folder))
 
 
 def _true_records(settings: NodeSettings) -> np.ndarray:
@@ -81,7 +87,8 @@ def _attack(folder, name: str, policy, model: ModelSpec, rounds: list[tuple[dict
     """Run the malicious strategy: out of the box, then ``rounds`` of (weights sent, train config);
     return the node's train replies."""
     settings = _settings(folder, name, policy)
-    submission = Workspace(settings, "weights-channel").open_run(Submission(
+    workspace = _workspace(folder, settings)
+    submission = workspace.open_run(Submission(
         contributor=f"mallory-{name}", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
         model=model, lr=0.05, batch_size=32, local_epochs=1, num_rounds=len(rounds)))
     replies: list[Message] = []
@@ -98,7 +105,7 @@ def _attack(folder, name: str, policy, model: ModelSpec, rounds: list[tuple[dict
             replies.extend(grid.send_and_receive([Message(content, node, TRAIN)]))
         grid.send_and_receive([Message(first, node, HOLDOUT_FINE_TUNED)])
 
-    run_simulation(app, build_client_app(settings), submission.to_run_config())
+    run_simulation(app, build_client_app(settings), workspace.run_config(submission))
     return replies
 
 
@@ -177,7 +184,7 @@ def test_remainder_differencing_wins_when_an_epoch_leaves_its_remainder_out(coho
 
     monkeypatch.setattr(client.training, "batch_bounds", dropping)
     settings = _settings(cohort, "remainder-dropped", UNDEFENDED)
-    submission = Workspace(settings, "weights-channel").open_run(Submission(
+    submission = _workspace(cohort, settings).open_run(Submission(
         contributor="mallory-dropped", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
         model=LINEAR, lr=1.0, batch_size=N_TRAIN, local_epochs=1, num_rounds=2))
     node = Node(settings)
@@ -191,7 +198,7 @@ def test_remainder_differencing_wins_when_an_epoch_leaves_its_remainder_out(coho
 
 def _private_node(folder, name: str) -> tuple[Node, Submission, torch.Tensor]:
     settings = _settings(folder, name, PILOT)
-    submission = Workspace(settings, "weights-channel").open_run(Submission(
+    submission = _workspace(folder, settings).open_run(Submission(
         contributor=f"mallory-{name}", strategy={"_target_": "flwr.serverapp.strategy.FedAvg"},
         model=LINEAR, lr=1e-5, batch_size=16, local_epochs=1, num_rounds=3))
     node = Node(settings)
