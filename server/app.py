@@ -22,14 +22,14 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 
-from contract.names import HOLDOUT_FINE_TUNED, HOLDOUT_OUT_OF_THE_BOX
+from contract.names import HOLDOUT_FINE_TUNED, HOLDOUT_OUT_OF_THE_BOX, Moment
 from contract.schema import SCHEMA
 from contract.submission import Submission
 from models import build_for
 from server.errors import SubmissionFailed
 from server.refusals import RefusalRecordingGrid, reason
 
-#: Called with (phase, done, total): phase is "out_of_the_box", "round" or "fine_tuned".
+#: Called with (phase, done, total): phase is a ``Moment`` or "round".
 Progress = Callable[[str, int, int], None]
 
 
@@ -78,7 +78,7 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
     initial = initial_arrays(submission)
 
     ask_nodes(grid, node_ids, HOLDOUT_OUT_OF_THE_BOX, RecordDict({"arrays": initial}))
-    report("out_of_the_box", 1, 1)
+    report(Moment.OUT_OF_THE_BOX, 1, 1)
 
     def on_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         report("round", server_round, submission.num_rounds)
@@ -93,7 +93,7 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
             f"only {len(result.train_metrics_clientapp)} of {submission.num_rounds} rounds "
             f"aggregated a reply; the node said: {refusals}")
     ask_nodes(grid, node_ids, HOLDOUT_FINE_TUNED, RecordDict({"arrays": result.arrays}))
-    report("fine_tuned", 1, 1)
+    report(Moment.FINE_TUNED, 1, 1)
 
 
 def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:

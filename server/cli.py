@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from contract.names import Moment
+
 # Nothing leaves this machine: no Flower or Ray telemetry.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -225,8 +227,9 @@ class ConsoleProgress:
         """Report that ``done`` of ``total`` steps of ``phase`` are complete."""
         if phase == "round" and (done == 0 or done not in {total, *(total * q // 4 for q in (1, 2, 3))}):
             return
-        text = {"out_of_the_box": "holdout out of the box recorded by the node",
-                "fine_tuned": "fine-tuned holdout recorded by the node"}.get(phase, f"round {done}/{total}")
+        text = {Moment.OUT_OF_THE_BOX: "holdout out of the box recorded by the node",
+                Moment.FINE_TUNED: "fine-tuned holdout recorded by the node"}.get(
+            phase, f"round {done}/{total}")
         print(f"  [{self.label}] {text} (at {time.time() - self.started:.1f} s)", flush=True)
 
 
