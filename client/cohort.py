@@ -85,6 +85,11 @@ def load_cohort(path: str | Path, schema: CohortSchema = SCHEMA) -> Cohort:
     )
 
 
+#: Records of each class the training split and the holdout need, so that every class's recall and
+#: F1 (and so macro-F1) is a measurement, not an average with an empty class.
+MIN_RECORDS_PER_CLASS = 5
+
+
 def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
     """Check every schema rule on a loaded table; raise with all problems found."""
     problems: list[str] = []
@@ -130,15 +135,31 @@ def split_cohort(
     """Split into training and holdout parts, stratified by class, reproducibly.
 
     The same file and seed always give the same split.
+
+    Raises
+    ------
+    CohortValidationError
+        A class of the dictionary has fewer than ``MIN_RECORDS_PER_CLASS`` records in the
+        training split or the holdout: macro-F1 would average in a class it cannot score.
     """
     if not 0 < holdout_size < len(cohort):
         raise CohortValidationError(
             [f"holdout_size must be between 1 and {len(cohort) - 1} records"]
         )
     positions = np.arange(len(cohort))
-    train, holdout = train_test_split(
-        positions, test_size=holdout_size, stratify=cohort.labels, random_state=seed
-    )
+    try:
+        train, holdout = train_test_split(
+            positions, test_size=holdout_size, stratify=cohort.labels, random_state=seed
+        )
+    except ValueError:  # a class too small to stratify; say which below
+        train, holdout = positions[holdout_size:], positions[:holdout_size]
+    problems = [f"class '{name}' has {int(np.sum(cohort.labels[part] == index))} record(s) in the "
+                f"{where}; every class needs at least {MIN_RECORDS_PER_CLASS} there"
+                for where, part in (("training split", train), ("holdout", holdout))
+                for index, name in enumerate(cohort.schema.classes)
+                if np.sum(cohort.labels[part] == index) < MIN_RECORDS_PER_CLASS]
+    if problems:
+        raise CohortValidationError(problems)
     return Split(train=np.sort(train), holdout=np.sort(holdout))
 
 

@@ -114,9 +114,11 @@ def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:
         strategy = instantiate({"_target_": target, **kwargs})
     else:
         raise SubmissionFailed(f"strategy _target_ '{target}' is outside the allowed packages")
-    for attribute in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
-        if hasattr(strategy, attribute):
-            setattr(strategy, attribute, min(getattr(strategy, attribute), n_nodes))
+    # a wrapper (Flower's differential-privacy strategies) samples through the strategy it wraps
+    for layer in (strategy, getattr(strategy, "strategy", None)):
+        for attribute in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+            if hasattr(layer, attribute):
+                setattr(layer, attribute, min(getattr(layer, attribute), n_nodes))
     return strategy
 
 

@@ -246,3 +246,19 @@ def test_split_is_reproducible_for_a_seed_and_differs_across_seeds(cohort):
 def test_split_refuses_impossible_holdout_sizes(cohort, size):
     with pytest.raises(CohortValidationError, match="holdout_size"):
         split_cohort(cohort, holdout_size=size)
+
+
+def test_a_cohort_missing_a_class_is_refused_naming_it(write_broken):
+    """Macro-F1 would average in the absent class at 0: the node refuses, before any run."""
+    path = write_broken(lambda f: f[f["progression"] != "Medium"].reset_index(drop=True))
+    with pytest.raises(CohortValidationError, match="class 'Medium' has 0 record"):
+        split_cohort(load_cohort(path), 128, 0)
+
+
+def test_a_class_too_small_for_the_holdout_is_refused(write_broken):
+    def nearly_no_fast(frame):
+        fast = frame.index[frame["progression"] == "Fast"]
+        return frame.drop(fast[6:]).reset_index(drop=True)
+
+    with pytest.raises(CohortValidationError, match="class 'Fast' has [0-4] record.* in the holdout"):
+        split_cohort(load_cohort(write_broken(nearly_no_fast)), 128, 0)

@@ -135,3 +135,16 @@ def test_cohortfl_policy_warns_plainly_when_differential_privacy_is_off(capsys):
     assert main(["policy", "policy.dp_enabled=false"]) == 0
     shown = capsys.readouterr().out
     assert "WARNING: differential privacy is off" in shown and "docs/privacy.md" in shown
+
+
+@pytest.mark.parametrize("wrapper", ["DifferentialPrivacyServerSideFixedClipping",
+                                     "DifferentialPrivacyClientSideFixedClipping"])
+def test_a_wrapping_strategy_gets_the_real_node_minimums_on_the_strategy_it_wraps(wrapper):
+    """Flower's DP wrappers sample through their inner FedAvg, whose default of 2 nodes would
+    wait forever for a second node."""
+    strategy = build_strategy({"_target_": f"flwr.serverapp.strategy.{wrapper}",
+                               "strategy": {"_target_": "flwr.serverapp.strategy.FedAvg"},
+                               "noise_multiplier": 1.0, "clipping_norm": 1.0,
+                               "num_sampled_clients": 1}, n_nodes=1)
+    inner = strategy.strategy
+    assert inner.min_train_nodes == inner.min_evaluate_nodes == inner.min_available_nodes == 1
