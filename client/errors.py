@@ -25,7 +25,7 @@ class CohortValidationError(NodeError):
 
 
 class PolicyViolation(NodeError):
-    """Incoming work broke a rule of the workspace policy; it was refused before it ran.
+    """Incoming work broke a rule of the node policy; it was refused before it ran.
 
     Parameters
     ----------

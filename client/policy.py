@@ -1,6 +1,6 @@
 """The node's rules for incoming work and outgoing replies.
 
-Incoming: only known config keys, hyperparameters inside the workspace policy,
+Incoming: only known config keys, hyperparameters inside the node policy,
 arrays finite and exactly of the shapes of the model the node built.
 Outgoing: a whitelist -- model arrays of those shapes and named aggregate
 scalars. Anything else is refused, by rule name.

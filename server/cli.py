@@ -1,10 +1,12 @@
-"""The ``cohortfl`` command: demo, run, leaderboard.
+"""The ``cohortfl`` command: demo, run, submit, leaderboard, exports, policy.
 
     cohortfl demo [HYDRA_OVERRIDE ...]       the pilot's submissions on a synthetic cohort
     cohortfl run [HYDRA_OVERRIDE ...]        one submission (conf/config.yaml)
     cohortfl submit PACKAGE --contributor NAME [HYDRA_OVERRIDE ...]
                                              a contributor's package (server/intake.py)
     cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
+    cohortfl exports [--contributor NAME]    the node's export ledger
+    cohortfl policy [HYDRA_OVERRIDE ...]     the node's policy (conf/policy/pilot.yaml)
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exports.add_argument("--contributor", default=None, help="only this contributor's replies")
     exports.add_argument("--state-dir", default=None,
                          help="the node's state directory (default: cohortfl-demo/node-state)")
-    policy = commands.add_parser("policy", help="print the workspace policy the node enforces")
+    policy = commands.add_parser("policy", help="print the node's policy (its limits, privacy included)")
     policy.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. policy=pilot")
     args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
     if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):

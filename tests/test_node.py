@@ -100,7 +100,7 @@ def _score(node: Node, facts: Submission, arrays: ArrayRecord):
 class Finished:
     facts: Submission
     submitted: ArrayRecord
-    oob_reply: RecordDict
+    out_of_the_box_reply: RecordDict
     train_replies: list[RecordDict]
     final_reply: RecordDict
 
@@ -110,7 +110,7 @@ def finished(node, store) -> Finished:
     facts = node_run(contributor="tester", submission_id=_new_run(store), model=SPEC, seed=0,
                      num_rounds=ROUNDS)
     submitted = _initial(node, facts)
-    oob_reply = node.score_out_of_the_box(RecordDict({"arrays": submitted}), facts)
+    out_of_the_box_reply = node.score_out_of_the_box(RecordDict({"arrays": submitted}), facts)
     assert node.ledger.phase(facts.submission_id) == SCORED_OUT_OF_THE_BOX
     arrays, replies = submitted, []
     for server_round in range(1, ROUNDS + 1):
@@ -118,7 +118,7 @@ def finished(node, store) -> Finished:
         arrays = replies[-1]["arrays"]
         assert node.ledger.phase(facts.submission_id) == TRAINING
     final_reply = node.score_fine_tuned(RecordDict({"arrays": arrays}), facts)
-    return Finished(facts, submitted, oob_reply, replies, final_reply)
+    return Finished(facts, submitted, out_of_the_box_reply, replies, final_reply)
 
 
 def _run(store, finished: Finished):
@@ -126,12 +126,12 @@ def _run(store, finished: Finished):
 
 
 def test_holdout_replies_carry_only_an_acknowledgement(finished, node):
-    assert _plain(finished.oob_reply) == {"metrics": {"recorded": 1}}
+    assert _plain(finished.out_of_the_box_reply) == {"metrics": {"recorded": 1}}
     assert _plain(finished.final_reply) == {"metrics": {"recorded": 1}}
     assert node.ledger.phase(finished.facts.submission_id) == CLOSED
 
 
-def test_oob_score_of_the_submitted_model_is_recorded(store, finished, node, cohort_parquet):
+def test_out_of_the_box_score_of_the_submitted_model_is_recorded(store, finished, node, cohort_parquet):
     run = _run(store, finished)
     expected = _score(node, finished.facts, finished.submitted)
     assert run.data.metrics["holdout_out_of_the_box_macro_f1"] == pytest.approx(expected.macro_f1)
@@ -191,7 +191,7 @@ def test_nothing_is_accepted_after_the_final_holdout(node, finished):
 # --- phases -----------------------------------------------------------------------
 
 
-def test_train_before_oob_scoring_is_refused(node, facts):
+def test_train_before_the_out_of_the_box_score_is_refused(node, facts):
     with pytest.raises(PhaseViolation, match="submission-phases") as info:
         node.train(_train_content(_initial(node, facts)), facts)
     assert info.value.rule == "submission-phases"
@@ -209,7 +209,7 @@ def test_final_before_any_training_is_refused(node, facts, scored):
     assert node.ledger.phase(facts.submission_id) == (SCORED_OUT_OF_THE_BOX if scored else NEW)
 
 
-def test_a_second_oob_scoring_is_refused(node, facts, store):
+def test_a_second_out_of_the_box_score_is_refused(node, facts, store):
     content = RecordDict({"arrays": _initial(node, facts)})
     node.score_out_of_the_box(content, facts)
     with pytest.raises(PhaseViolation, match="submission-phases"):
@@ -233,7 +233,7 @@ def _wrong_shapes(node, facts) -> ArrayRecord:
     return _initial(node, other)
 
 
-def test_oob_with_wrong_shapes_is_refused_and_nothing_recorded(node, facts, store):
+def test_out_of_the_box_with_wrong_shapes_is_refused_and_nothing_recorded(node, facts, store):
     with pytest.raises(PolicyViolation, match="model-arrays"):
         node.score_out_of_the_box(RecordDict({"arrays": _wrong_shapes(node, facts)}), facts)
     assert node.ledger.phase(facts.submission_id) == NEW
@@ -259,7 +259,7 @@ def test_train_with_a_record_selecting_config_is_refused(node, facts):
     assert node.ledger.rounds(facts.submission_id) == []
 
 
-def test_oob_for_an_unknown_submission_is_refused(node, facts):
+def test_out_of_the_box_for_an_unknown_submission_is_refused(node, facts):
     unknown = replace(facts, submission_id="0" * 32)
     with pytest.raises(NodeError, match="submission-id"):
         node.score_out_of_the_box(RecordDict({"arrays": _initial(node, facts)}), unknown)
