@@ -97,6 +97,7 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     from server.intake import load_package
     from server.leaderboard import format_leaderboard, read_leaderboard
     from server.signing import WorkspaceSigner
+    from server.tracking import check_tracking_uri
     from server.workspace import Workspace
     from synthetic.pretraining import with_pretrained_weights
 
@@ -114,6 +115,7 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
         if job.workspace.synthetic_seed is not None:
             write_synthetic_cohort(job.workspace.cohort_path, job.workspace.synthetic_seed)
         check_cohort(job.node)  # in simulation this command is also the node's operator
+        check_tracking_uri(job.node.tracking_uri)  # before any engine starts
         workspace = Workspace(job.node, job.workspace.experiment,
                               WorkspaceSigner(job.workspace.signing_key), verbose=verbose)
         for submission in submissions:
@@ -162,14 +164,16 @@ def leaderboard(tracking_uri: str | None, experiment: str | None, batch: str | N
     """Print the leaderboard of an MLflow store."""
     from server.config import compose_config
     from server.config import tracking_uri as default_uri
-    from server.errors import LeaderboardError
+    from server.errors import LeaderboardError, TrackingStoreError
     from server.leaderboard import format_leaderboard, read_leaderboard
+    from server.tracking import check_tracking_uri
 
     cfg = compose_config()
+    uri = tracking_uri or default_uri(cfg)
     try:
-        rows = read_leaderboard(tracking_uri or default_uri(cfg),
-                                experiment or str(cfg.tracking.experiment), batch)
-    except LeaderboardError as ex:
+        check_tracking_uri(uri, must_exist=True)  # reading a board never creates a store
+        rows = read_leaderboard(uri, experiment or str(cfg.tracking.experiment), batch)
+    except (LeaderboardError, TrackingStoreError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
     print(format_leaderboard(rows))

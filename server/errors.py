@@ -23,3 +23,7 @@ class PackageRefused(ValueError):
     def __init__(self, rule: str, detail: str) -> None:
         self.rule = rule
         super().__init__(f"package refused by rule '{rule}': {detail}")
+
+
+class TrackingStoreError(OSError):
+    """The MLflow store cannot be used; the message names the URI and what to do."""

@@ -96,8 +96,15 @@ def test_leaderboard_command_reads_the_store(finished_run):
     assert f"{run.data.metrics['holdout_fine_tuned_macro_f1']:.3f}" in row
 
 
-def test_leaderboard_on_a_store_without_the_experiment_says_so(tmp_path):
+def test_leaderboard_on_a_store_that_does_not_exist_says_so_and_creates_none(tmp_path):
     shown = cohortfl("leaderboard", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db", cwd=tmp_path)
+    assert shown.returncode == 2 and "no MLflow store" in shown.stderr
+    assert not (tmp_path / "empty.db").exists()
+
+
+def test_leaderboard_on_a_store_without_the_experiment_says_so(finished_run):
+    uri, _, tmp, _ = finished_run
+    shown = cohortfl("leaderboard", "--tracking-uri", uri, "--experiment", "nobody", cwd=tmp)
     assert shown.returncode == 2 and "no experiment" in shown.stderr
 
 

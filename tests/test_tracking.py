@@ -1,0 +1,51 @@
+"""The MLflow store is checked before any engine starts: a bad URI fails in seconds, named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from server.errors import TrackingStoreError
+from server.tracking import check_tracking_uri
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds_naming_the_uri():
+    started = time.monotonic()
+    with pytest.raises(TrackingStoreError, match=r"http://127\.0\.0\.1:1 is not reachable"):
+        check_tracking_uri("http://127.0.0.1:1")
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("make_uri, why", [
+    (lambda tmp: "sqlite:////proc/x.db", "cannot be created"),
+    (lambda tmp: f"sqlite:///{tmp / 'a-file'}/mlflow.db", "cannot be created"),
+    (lambda tmp: f"sqlite:///{tmp}", "not a file"),
+])
+def test_a_sqlite_store_that_cannot_be_written_is_refused_naming_the_uri(tmp_path, make_uri, why):
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = make_uri(tmp_path)
+    with pytest.raises(TrackingStoreError, match=why) as info:
+        check_tracking_uri(uri)
+    assert uri in str(info.value)
+
+
+def test_a_writable_sqlite_store_passes_and_reading_never_creates_one(tmp_path):
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    check_tracking_uri(uri)
+    with pytest.raises(TrackingStoreError, match="no MLflow store"):
+        check_tracking_uri(uri, must_exist=True)
+    assert not (tmp_path / "new").exists()
+
+
+def test_cohortfl_run_on_an_unreachable_store_stops_before_the_engine(tmp_path):
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "server.cli", "run", "model=linear",
+                           "tracking.uri=http://127.0.0.1:1", f"output_dir={tmp_path}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "http://127.0.0.1:1 is not reachable" in done.stderr
+    assert "round" not in done.stdout and time.monotonic() - started < 60
