@@ -11,6 +11,7 @@ Nothing here sees a score: the nodes reply only that they recorded it.
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import time
 import types
@@ -104,22 +105,66 @@ def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:
     which runs here in the ServerApp process and nowhere else. Flower's FedAvg
     family defaults to 2 minimum nodes and would wait forever with one.
     """
+    check_strategy_targets(config)
     target = str(config.get("_target_", ""))
     kwargs = {k: v for k, v in config.items() if k != "_target_"}
     if target.startswith("contributor."):
         module = types.ModuleType("contributor")
         exec(compile(source, "<contributor strategy.py>", "exec"), module.__dict__)  # noqa: S102
         strategy = getattr(module, target.removeprefix("contributor."))(**kwargs)
-    elif target.startswith(("flwr.serverapp.strategy.", "strategies.")):
-        strategy = instantiate({"_target_": target, **kwargs})
     else:
-        raise SubmissionFailed(f"strategy _target_ '{target}' is outside the allowed packages")
+        strategy = instantiate({"_target_": target, **kwargs})
     # a wrapper (Flower's differential-privacy strategies) samples through the strategy it wraps
     for layer in (strategy, getattr(strategy, "strategy", None)):
         for attribute in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
             if hasattr(layer, attribute):
                 setattr(layer, attribute, min(getattr(layer, attribute), n_nodes))
     return strategy
+
+
+def check_strategy_targets(config: object, top: bool = True) -> None:
+    """Every ``_target_`` in a strategy config names a Strategy class of an allowed package.
+
+    Hydra calls whatever a ``_target_`` names, nested ones included, and reaches
+    attributes through modules (``flwr.serverapp.strategy.fedavg.time.sleep``); so each
+    must resolve to a ``Strategy`` subclass, and only the top one may be ``contributor.*``.
+
+    Raises
+    ------
+    SubmissionFailed
+        Naming the target.
+    """
+    if isinstance(config, list | tuple):
+        for item in config:
+            check_strategy_targets(item, top=False)
+        return
+    if not isinstance(config, dict):
+        return
+    target = config.get("_target_")
+    if target is not None:
+        target = str(target)
+        if target.startswith("contributor.") and top and target.count(".") == 1:
+            pass
+        elif not target.startswith(STRATEGY_PACKAGES) or not _is_strategy_class(target):
+            raise SubmissionFailed(f"strategy _target_ '{target[:200]}' is not a Strategy class of "
+                                   f"{STRATEGY_PACKAGES}")
+    for key, value in config.items():
+        if key != "_target_":
+            check_strategy_targets(value, top=False)
+
+
+#: Where a ``_target_`` other than the contributor's own module may point.
+STRATEGY_PACKAGES = ("flwr.serverapp.strategy.", "strategies.")
+
+
+def _is_strategy_class(target: str) -> bool:
+    """``target`` is ``module.Class``: an importable module and a Strategy class in it."""
+    module_name, _, name = target.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(found, type) and issubclass(found, Strategy)
 
 
 def initial_arrays(submission: Submission) -> ArrayRecord:

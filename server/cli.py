@@ -3,7 +3,14 @@
     cohortfl demo [HYDRA_OVERRIDE ...]       the pilot's submissions on a synthetic cohort
     cohortfl run [HYDRA_OVERRIDE ...]        one submission (conf/config.yaml)
     cohortfl submit PACKAGE --contributor NAME [HYDRA_OVERRIDE ...]
-                                             a contributor's package (server/intake.py)
+                                             a contributor's package, simulated locally
+    cohortfl submit PACKAGE --workspace URL --ca CA --token-file F
+                                             a contributor's package, to the foundation
+    cohortfl node --config node.yaml         the foundation's node (SuperNode + its ClientApp)
+    cohortfl workspace --dir D               the foundation's workspace (SuperLink, sandbox,
+                                             MLflow server, intake)
+    cohortfl credential NAME --dir D         issue a contributor's token
+    cohortfl loopback --dir D                workspace + node on this machine, on loopback
     cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
     cohortfl exports [--contributor NAME]    the node's export ledger
     cohortfl policy [HYDRA_OVERRIDE ...]     the node's policy (conf/policy/pilot.yaml)
@@ -50,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     submit = commands.add_parser("submit", help="run a contributor's submission package")
     submit.add_argument("package", type=Path, help="folder with submission.yaml [strategy.py] "
                         "[initial.npz]")
-    submit.add_argument("--contributor", required=True, help="who submits (the workspace's word)")
+    submit.add_argument("--contributor", help="who submits, on the local simulation engine")
+    submit.add_argument("--workspace", help="the workspace's intake URL (https://host:port)")
+    submit.add_argument("--ca", type=Path, help="the workspace's CA certificate")
+    submit.add_argument("--token-file", type=Path, help="your credential, as the workspace issued it")
     submit.add_argument("overrides", nargs="*", help="Hydra overrides of the workspace, e.g. "
                         "workspace.num_rounds=10")
     submit.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
@@ -65,6 +75,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="the node's state directory (default: cohortfl-demo/node-state)")
     policy = commands.add_parser("policy", help="print the node's policy (its limits, privacy included)")
     policy.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. policy=pilot")
+    node = commands.add_parser("node", help="the foundation: start its node")
+    node.add_argument("--config", type=Path, required=True, help="the node's own YAML file")
+    node.add_argument("--key-only", action="store_true",
+                      help="check the node's files, make its key, print the public key's path")
+    workspace = commands.add_parser("workspace", help="the foundation: start its workspace")
+    workspace.add_argument("--dir", type=Path, required=True, help="the workspace's folder")
+    workspace.add_argument("--host", default="127.0.0.1", help="address nodes and contributors use")
+    workspace.add_argument("--fleet-port", type=int, default=9092)
+    workspace.add_argument("--intake-port", type=int, default=9443)
+    workspace.add_argument("--register-node", type=Path, action="append", default=[],
+                           help="a node's public key (node-key.pub) to let in")
+    credential = commands.add_parser("credential", help="issue a contributor's token")
+    credential.add_argument("contributor")
+    credential.add_argument("--dir", type=Path, required=True, help="the workspace's folder")
+    loopback = commands.add_parser("loopback", help="workspace + node on loopback, for development")
+    loopback.add_argument("--dir", type=Path, default=Path("cohortfl-loopback"))
     args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
     if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
@@ -76,9 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_exports(args.contributor, args.state_dir)
     if args.command == "policy":
         return print_policy(args.overrides)
+    if args.command in ("node", "workspace", "credential", "loopback"):
+        return run_role(args)
+    if args.command == "submit" and args.workspace:
+        return submit_remote(args.package, args.workspace, args.ca, args.token_file)
+    if args.command == "submit" and not args.contributor:
+        parser.error("submit needs --workspace (the foundation's) or --contributor (a local simulation)")
     package = (args.package, args.contributor) if args.command == "submit" else None
     return submit_all(args.overrides, demo=args.command == "demo", verbose=args.verbose,
                       package=package)
+
+
+#: The simulation engine runs the ServerApp in the node's process tree: no sandbox there.
+SIMULATION_REFUSES_CONTRIBUTOR_CODE = (
+    "strategy.py runs on the simulation engine only against the synthetic cohort: the engine runs "
+    "the ServerApp in the node's process tree. Against the foundation's cohort, submit to its "
+    "workspace, where the strategy runs in a sandbox: cohortfl submit PACKAGE --workspace URL")
 
 
 def submit_all(overrides: list[str], demo: bool, verbose: bool,
@@ -109,6 +148,8 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
             shape = job.entries[0].submission
             submissions = [load_package(package[0], package[1], shape.local_epochs, shape.num_rounds,
                                         job.node.policy.max_array_bytes)]
+            if submissions[0].strategy_source and job.workspace.synthetic_seed is None:
+                raise ValueError(SIMULATION_REFUSES_CONTRIBUTOR_CODE)
         else:  # the contributors' own step, before they submit: pretraining on their cohorts
             submissions = [with_pretrained_weights(e.submission, e.pretraining, job.output_dir / "pretrained")
                            if e.pretraining else e.submission for e in job.entries]
@@ -148,6 +189,76 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     print(f"MLflow UI:   mlflow ui --backend-store-uri {job.node.tracking_uri} --port 5000")
     print(f"Leaderboard: cohortfl leaderboard --tracking-uri {job.node.tracking_uri}")
     return 1 if failed else 0
+
+
+def run_role(args: argparse.Namespace) -> int:
+    """The deployment's role commands; each runs until Ctrl-C or SIGTERM and stops what it started."""
+    import logging
+
+    from client.errors import NodeError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if args.command == "node":
+            from client.service import NodeService, prepare, run_node
+
+            service = NodeService.from_file(args.config)
+            if args.key_only:
+                print(prepare(service))
+                return 0
+            return run_node(service, stop)
+        if args.command == "credential":
+            from server.deployment import Layout
+            from server.intake_service import Credentials
+
+            print(Credentials(Layout(args.dir.resolve()).credentials).issue(args.contributor))
+            return 0
+        if args.command == "loopback":
+            from server.loopback import run_loopback
+
+            return run_loopback(args.dir, stop)
+        from server.deployment import WorkspaceService
+
+        service = WorkspaceService(args.dir, args.host, args.fleet_port, args.intake_port)
+        service.start()
+        try:
+            for key in args.register_node:
+                service.register_node(key)
+            print(f"workspace up: nodes connect to {args.host}:{service.fleet_port} with "
+                  f"{service.layout.ca}; contributors submit to https://{args.host}:{service.intake_port}",
+                  flush=True)
+            stop.wait()
+        finally:
+            service.stop()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except (NodeError, ValueError, RuntimeError, OSError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+
+
+def submit_remote(package: Path, url: str, ca: Path | None, token_file: Path | None) -> int:
+    """Send a package to the foundation's workspace and print what it answered."""
+    from server.errors import PackageRefused
+    from server.intake_service import submit_to_workspace
+
+    if ca is None or token_file is None:
+        print("cohortfl: --workspace needs --ca and --token-file", file=sys.stderr)
+        return 2
+    try:
+        answer = submit_to_workspace(package, url, ca, token_file.read_text(encoding="utf-8").strip())
+    except (PackageRefused, OSError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    if answer.get("ok"):
+        print(f"submission {answer['submission_id']} finished; its scores are in the workspace's MLflow")
+        return 0
+    print(f"cohortfl: refused or failed: {answer.get('error')}", file=sys.stderr)
+    return 1
 
 
 def write_synthetic_cohort(path: Path, seed: int) -> None:

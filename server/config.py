@@ -137,3 +137,23 @@ def load_job(overrides: list[str], demo: bool) -> Job:
         entries=[entry_from_config(compose_config(o)) for o in each],
         output_dir=output_dir(cfg),
     )
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What the workspace, not the contributor, sets for every submission."""
+
+    num_rounds: int
+    local_epochs: int
+
+
+def deployment_workspace(tracking_uri: str, experiment: str, signer) -> tuple:  # -> (Workspace, RunShape)
+    """The workspace of a deployment: its MLflow server, its signer, and the node policy it
+    publishes (``conf/policy``) to pre-check submissions; the node enforces its own."""
+    from server.workspace import Workspace
+
+    cfg = compose_config()
+    published = NodeSettings(data_path="", tracking_uri=tracking_uri, state_dir="",
+                             policy=policy_from_mapping(OmegaConf.to_container(cfg.policy, resolve=True)))
+    shape = RunShape(int(cfg.workspace.num_rounds), int(cfg.workspace.local_epochs))
+    return Workspace(published, experiment, signer), shape

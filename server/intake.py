@@ -23,6 +23,7 @@ import ast
 import base64
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,12 @@ import yaml
 from contract.submission import Submission
 from models import ModelSpec
 from models.pipeline import FeatureSpec, FeatureSpecError
-from server.errors import PackageRefused
+from server.app import check_strategy_targets
+from server.errors import PackageRefused, SubmissionFailed
 
 ALLOWED_FILES = frozenset({"submission.yaml", "strategy.py", "initial.npz"})
+#: The largest each file may be, checked before it is read.
+FILE_LIMITS = {"submission.yaml": 64 * 2**10, "strategy.py": 256 * 2**10, "initial.npz": 16 * 2**20}
 SUBMISSION_KEYS = frozenset({"strategy", "model", "lr", "batch_size", "seed", "features"})
 #: Where a ``_target_`` may point: Flower's strategies, ours, or the package's own module.
 TARGET_PREFIXES = ("flwr.serverapp.strategy.", "strategies.", "contributor.")
@@ -67,12 +71,22 @@ def load_package(folder: Path, contributor: str, local_epochs: int, num_rounds: 
     if extra:
         raise PackageRefused("package-files", f"only {sorted(ALLOWED_FILES)} may be submitted; "
                              f"found {extra} (client-side code is the foundation's)")
+    for name in ALLOWED_FILES:
+        path = folder / name
+        limit = min(FILE_LIMITS[name], max_weight_bytes) if name == "initial.npz" else FILE_LIMITS[name]
+        if path.is_file() and path.stat().st_size > limit:
+            raise PackageRefused("max-array-bytes" if name == "initial.npz" else "package-size",
+                                 f"{name} is larger than {limit} bytes")
     config = _read_submission(folder / "submission.yaml")
     source = _read_strategy(folder / "strategy.py")
     target = str(config["strategy"].get("_target_", ""))
     if not target.startswith(TARGET_PREFIXES) or (target.startswith("contributor.") and not source):
         raise PackageRefused("strategy-target", f"_target_ must start with one of {TARGET_PREFIXES}"
                              " (contributor.* needs strategy.py)")
+    try:
+        check_strategy_targets(config["strategy"])
+    except SubmissionFailed as ex:
+        raise PackageRefused("strategy-target", str(ex)) from None
     return Submission(
         contributor=contributor, strategy=dict(config["strategy"]),
         model=ModelSpec(str(config["model"]["name"]), dict(config["model"].get("params") or {})),
@@ -145,8 +159,13 @@ def _read_weights(path: Path, max_bytes: int) -> str:
     if len(data) > max_bytes:
         raise PackageRefused("max-array-bytes", f"initial.npz is larger than {max_bytes} bytes")
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             arrays.files  # noqa: B018 (opening it is the check)
     except Exception:
         raise PackageRefused("initial-weights", "initial.npz is not a numpy .npz archive") from None
+    if inflated > max_bytes:  # a small archive of zeros can inflate to gigabytes where it is read
+        raise PackageRefused("max-array-bytes", f"initial.npz inflates to {inflated} bytes; at most "
+                             f"{max_bytes}")
     return base64.b64encode(data).decode("ascii")

@@ -6,10 +6,14 @@ names, never data) would otherwise stay in a log the contributor may not see.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+#: Seconds between pulls for replies: the first pause, and the longest.
+POLL_FIRST, POLL_MAX = 0.02, 0.5
 
 
 class RefusalRecordingGrid(Grid):
@@ -46,8 +50,23 @@ class RefusalRecordingGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        """Send and receive through the wrapped grid, noting refusals."""
-        return self._note(self._grid.send_and_receive(messages, timeout=timeout))
+        """Push, then pull replies until all are in or ``timeout`` passes, noting refusals.
+
+        Flower's deployment grid sleeps a fixed 3 s between pulls; this one starts at
+        ``POLL_FIRST`` s and doubles up to ``POLL_MAX``, so a fast node is not waited for.
+        """
+        waiting = set(self._grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        pause = POLL_FIRST
+        while waiting and (deadline is None or time.monotonic() < deadline):
+            pulled = list(self._grid.pull_messages(waiting))
+            replies += pulled
+            waiting -= {m.metadata.reply_to_message_id for m in pulled}
+            if waiting:
+                time.sleep(pause)
+                pause = min(2 * pause, POLL_MAX)
+        return self._note(replies)
 
     def __getattr__(self, name: str):  # noqa: ANN204
         """Anything else a Grid implementation offers, from the wrapped grid."""

@@ -29,7 +29,9 @@ MAY_IMPORT = {
 SERVER_MODULES_USING_THE_NODE = {
     "server.workspace": "starts the local node's ClientApp and pre-checks a submission with its rules",
     "server.config": "reads the local node's settings and policy from the same configuration",
-    "server.cli": "the node operator's commands on a local node: cohort check, exports, policy",
+    "server.cli": "the node operator's commands on a local node: cohort check, exports, policy; "
+                  "and `cohortfl node`, which starts client/service.py",
+    "server.intake_service": "pre-checks a package with the node's published rules (their errors)",
 }
 #: Modules that run in the ServerApp process, beside the contributor's strategy.
 SERVERAPP = "server.app"

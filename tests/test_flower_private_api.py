@@ -1,6 +1,7 @@
-"""Flower's private API, named in one place: an upgrade learns here what moved, not in a hung run.
+"""Flower's private API, named where it is used: an upgrade learns here what moved, not in a hung run.
 
-``server/engine.py`` starts the simulation engine in-process through internals of Flower;
+``server/engine.py`` starts the simulation engine in-process, ``client/executor.py`` serves the
+SuperNode's tasks and ``server/sandbox.py`` the SuperLink's, all through internals of Flower;
 every other module uses only Flower's public packages. These tests pin both facts.
 """
 
@@ -14,11 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import FLOWER_VERSION, PRIVATE_FLOWER_API
+import client.executor
+import server.engine
+import server.sandbox
+from server.engine import FLOWER_VERSION
+
+#: module file -> the private Flower symbols it declares.
+USERS = {Path(m.__file__).resolve(): m.PRIVATE_FLOWER_API
+         for m in (server.engine, client.executor, server.sandbox)}
+PRIVATE_FLOWER_API = sorted({symbol for symbols in USERS.values() for symbol in symbols})
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = ("flwr.app", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.clientapp")
-UPGRADE_HINT = (f"server/engine.py was written against flwr {FLOWER_VERSION}; installed is "
+UPGRADE_HINT = (f"server/engine.py, client/executor.py and server/sandbox.py were written against flwr {FLOWER_VERSION}; installed is "
                 f"flwr {version('flwr')}. Re-read these internals in the installed Flower")
 
 
@@ -56,15 +65,14 @@ def _flower_imports(path: Path) -> list[tuple[str, str]]:
 
 
 def test_only_the_engine_uses_flower_beyond_its_public_packages():
-    declared = set(PRIVATE_FLOWER_API)
     offenders = []
     for folder in ("contract", "client", "server", "strategies", "models", "synthetic"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for module, name in _flower_imports(path):
                 if module in PUBLIC and not name.startswith("_"):
                     continue
-                if path.name == "engine.py" and (module, name) in declared:
+                if (module, name) in USERS.get(path.resolve(), ()):
                     continue
                 offenders.append(f"{path.relative_to(ROOT)}: {module}.{name}")
-    assert not offenders, ("private Flower API outside server/engine.py's PRIVATE_FLOWER_API: "
+    assert not offenders, ("private Flower API not declared in its module's PRIVATE_FLOWER_API: "
                            + "; ".join(offenders))

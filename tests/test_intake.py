@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from contract.submission import Submission
 from models import ModelSpec, build_model
 from server.errors import PackageRefused
-from server.intake import load_package
+from server.intake import FILE_LIMITS, load_package
 
 STRATEGY = '''
 """FedAvg with a learning-rate warm-up over the first rounds."""
@@ -142,6 +143,36 @@ def test_weights_that_are_not_an_npz_or_too_large_are_refused(tmp_path):
         load(folder)
 
 
+@pytest.mark.parametrize("strategy", [
+    {"_target_": "flwr.serverapp.strategy.fedavg.time.sleep", "secs": 1},  # through a module
+    {"_target_": "flwr.serverapp.strategy.FedAvg",
+     "train_metrics_aggr_fn": {"_target_": "os.system", "command": "id"}},  # nested
+    {"_target_": "flwr.serverapp.strategy.DifferentialPrivacyClientSideFixedClipping",
+     "strategy": {"_target_": "contributor.Mine"}},  # contributor code only at the top
+])
+def test_every_target_must_be_a_strategy_class_of_an_allowed_package(tmp_path, strategy):
+    folder = make_package(tmp_path / "p")
+    declared = yaml.safe_load((folder / "submission.yaml").read_text())
+    (folder / "submission.yaml").write_text(yaml.safe_dump({**declared, "strategy": strategy}))
+    with pytest.raises(PackageRefused, match="'strategy-target'"):
+        load(folder)
+
+
+def test_sizes_are_refused_before_reading_and_an_npz_bomb_before_inflating(tmp_path):
+    folder = make_package(tmp_path / "p")
+    with (folder / "strategy.py").open("a") as handle:  # 101 MB of source used to be read
+        handle.truncate(FILE_LIMITS["strategy.py"] + 1)
+    with pytest.raises(PackageRefused, match="'package-size'"):
+        load(folder)
+    folder = make_package(tmp_path / "q")
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, w=np.zeros(2**25, dtype=np.float32))  # 128 MiB of zeros
+    assert len(buffer.getvalue()) < 2**20
+    (folder / "initial.npz").write_bytes(buffer.getvalue())
+    with pytest.raises(PackageRefused, match="'max-array-bytes'.*inflates"):
+        load_package(folder, "ada", 1, 3, max_weight_bytes=2**20)
+
+
 def test_a_package_runs_end_to_end_with_its_own_strategy_and_weights(tmp_path):
     folder = make_package(tmp_path / "pkg")
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
@@ -167,3 +198,20 @@ def test_a_package_runs_end_to_end_with_its_own_strategy_and_weights(tmp_path):
     expected = score_predictions(cohort.y_holdout.numpy(), predict(model, cohort.standard.x_holdout).numpy(),
                                  cohort.classes)
     assert run.data.metrics["holdout_out_of_the_box_macro_f1"] == pytest.approx(expected.macro_f1)
+
+
+def test_the_simulation_engine_runs_contributor_code_only_against_the_synthetic_cohort(tmp_path):
+    """The simulation engine hosts the ServerApp in the node's process tree: against a cohort
+    file, a strategy.py is refused before any engine starts (and nothing of it runs)."""
+    folder = make_package(tmp_path / "pkg")
+    (folder / "strategy.py").write_text((folder / "strategy.py").read_text()
+                                        + f"\nopen({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    from synthetic.disease import generate_cohort
+
+    generate_cohort(0).to_parquet(tmp_path / "records.parquet", index=False)
+    done = subprocess.run([sys.executable, "-m", "server.cli", "submit", str(folder), "--contributor",
+                           "ada", "cohort=file", f"cohort.path={tmp_path / 'records.parquet'}",
+                           f"output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "only against the synthetic cohort" in done.stderr
+    assert not (tmp_path / "ran").exists()

@@ -15,13 +15,18 @@ def task_identity(monkeypatch):
 
 
 class FakeGrid:
-    """Stands in for a Flower Grid in this unit test only: returns canned replies."""
+    """Stands in for a Flower Grid in this unit test only: replies arrive one pull at a time."""
 
     def __init__(self, replies):
-        self.replies = replies
+        self.replies = list(replies)
+        self.pulls = 0
 
-    def send_and_receive(self, messages, *, timeout=None):
-        return self.replies
+    def push_messages(self, messages):
+        return [m.metadata.reply_to_message_id for m in self.replies]
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        return [self.replies[self.pulls - 1]] if self.pulls <= len(self.replies) else []
 
     def get_node_ids(self):
         return [7]
@@ -44,3 +49,15 @@ def test_the_grid_records_refusals_and_passes_replies_through():
     assert list(grid.send_and_receive([])) == replies
     assert grid.refusals == ["refused by rule 'known-config-keys': y"]
     assert list(grid.get_node_ids()) == [7]
+
+
+def test_the_grid_pulls_until_every_reply_is_in_and_stops_at_the_timeout():
+    replies = [_error_reply("a")]
+    late = FakeGrid(replies)
+    late.replies = [None, None, *replies]  # nothing in the first two pulls
+    late.pull_messages = lambda ids, f=FakeGrid.pull_messages: [m for m in f(late, ids) if m]
+    late.push_messages = lambda messages: [replies[0].metadata.reply_to_message_id]
+    assert list(RefusalRecordingGrid(late).send_and_receive([])) == replies and late.pulls == 3
+    never = FakeGrid(replies)
+    never.pull_messages = lambda ids: []
+    assert list(RefusalRecordingGrid(never).send_and_receive([], timeout=0.1)) == []
