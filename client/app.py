@@ -76,6 +76,10 @@ def _serve(msg: Message, context: Context, settings: NodeSettings | None, action
         raise _refuse(NodeLedger(settings.ledger_path), who, NodeError(
             "the node cannot load its cohort or state; the node operator has the details")) from None
     try:
+        node.deliver_queued()  # what a store that was down could not take, first
+    except Exception:
+        log.exception("queued official-record writes could not be delivered")
+    try:
         run = read_submission(context.run_config, settings.workspace_key_pem)
         who = (run.contributor, run.submission_id, who[2])
         reply = action(node, msg.content, run)

@@ -24,8 +24,10 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 import tomllib
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -107,13 +109,18 @@ class NodeExecutor:
         The foundation's ClientApp, built with the node's settings.
     poll_interval : float
         Seconds between two asks for work when there is none.
+    idle : callable, optional
+        Called at most every ``idle_interval`` s while there is no work (the node
+        delivers official-record writes its store could not take).
     """
 
     def __init__(self, runtime_address: str, secret: bytes, app: ClientApp,
-                 poll_interval: float = 0.05) -> None:
+                 poll_interval: float = 0.05, idle: Callable[[], object] | None = None,
+                 idle_interval: float = 10.0) -> None:
         self.runtime_address = runtime_address
         self.app = app
         self.poll_interval = poll_interval
+        self.idle, self.idle_interval = idle, idle_interval
         self._tasks = self._client(SuperExecAuthHttpInterceptor(master_secret=secret,
                                                                protected_methods={_ACQUIRE}))
         self.served = 0
@@ -127,14 +134,22 @@ class NodeExecutor:
 
     def serve_forever(self, stop: threading.Event) -> None:
         """Take and answer tasks until ``stop`` is set."""
+        last_idle = time.monotonic()
         while not stop.is_set():
             try:
                 served = self.serve_next()
             except httpx.HTTPError:  # the SuperNode is starting or restarting
                 log.debug("the SuperNode's runtime API is not answering yet")
                 served = False
-            if not served:
-                stop.wait(self.poll_interval)
+            if served:
+                continue
+            if self.idle and time.monotonic() - last_idle > self.idle_interval:
+                try:
+                    self.idle()
+                except Exception:
+                    log.exception("idle work failed")
+                last_idle = time.monotonic()
+            stop.wait(self.poll_interval)
         self._tasks.close()
 
     def serve_next(self) -> bool:
@@ -151,10 +166,13 @@ class NodeExecutor:
         client = self._client(RuntimeTokenHttpInterceptor(token))
         message = context = reply = None
         status, details = SubStatus.FAILED, "the node could not answer"
+        clock = [time.perf_counter()]
         try:
             message, context, _run, fab = pull_task_input(client)
             check_bundle(fab.content)
+            clock.append(time.perf_counter())
             reply = self.app(message=message, context=context)
+            clock.append(time.perf_counter())
             status, details = SubStatus.COMPLETED, ""
         except Exception as ex:  # the node's refusals carry a rule name and no data; others say nothing
             details = str(ex) if isinstance(ex, NodeError) else (
@@ -170,6 +188,10 @@ class NodeExecutor:
                 push_task_output(client=client, context=context, sub_status=status, details=details)
             finally:
                 client.close()
+        if len(clock) == 3:
+            log.info("served %s: pull %.3f s, node %.3f s, push %.3f s",
+                     message.metadata.message_type, clock[1] - clock[0], clock[2] - clock[1],
+                     time.perf_counter() - clock[2])
 
 
 def read_secret(path: Path) -> bytes:

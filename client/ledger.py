@@ -1,6 +1,6 @@
 """The node's persistent ledger (SQLite, one file in the node's state directory).
 
-Four tables, each written in its own transaction:
+Five tables, each written in its own transaction:
 
 - ``submissions``: one row per run a contributor opened on this node, with the
   run's phase (new, scored-out-of-the-box, training, closed): phases survive a restarted
@@ -13,7 +13,9 @@ Four tables, each written in its own transaction:
   board exactly what left the node and for whom;
 - ``holdout_predictions``: each closed run's holdout predictions, kept on the node
   (they never leave it) so that later runs can be compared with it record by record
-  (a paired bootstrap).
+  (a paired bootstrap);
+- ``outbox``: writes to the official record that its store could not take (it was
+  down when a run was scored), kept in order until the node delivers them.
 
 ``BEGIN IMMEDIATE`` takes SQLite's write lock before reading, so processes
 that check a limit and then write (two submissions at once) cannot both pass.
@@ -52,6 +54,9 @@ CREATE TABLE IF NOT EXISTS exports (
     message_type TEXT NOT NULL, keys TEXT NOT NULL, shapes TEXT NOT NULL, bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS holdout_predictions (
     run_id TEXT PRIMARY KEY, holdout TEXT NOT NULL, predictions BLOB NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, tracking_uri TEXT NOT NULL,
+    write TEXT NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -264,6 +269,25 @@ class NodeLedger:
             count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM exports "
                                      "WHERE run_id = ?", (run_id,)).fetchone()
         return int(count), int(size)
+
+    def queue_write(self, run_id: str, tracking_uri: str, write: dict) -> None:
+        """Keep one write to the official record until its store takes it."""
+        with self._write() as db:
+            db.execute("INSERT INTO outbox (run_id, tracking_uri, write, at) VALUES (?, ?, ?, ?)",
+                       (run_id, tracking_uri, json.dumps(write), time.time()))
+
+    def queued_writes(self, run_id: str | None = None) -> list[tuple[int, str, str, dict]]:
+        """``(seq, run_id, tracking_uri, write)`` not yet delivered, oldest first."""
+        query = "SELECT seq, run_id, tracking_uri, write FROM outbox" + (
+            " WHERE run_id = ?" if run_id else "") + " ORDER BY seq"
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            rows = db.execute(query, (run_id,) if run_id else ()).fetchall()
+        return [(seq, run, uri, json.loads(write)) for seq, run, uri, write in rows]
+
+    def delivered(self, seq: int) -> None:
+        """One queued write reached the official record."""
+        with self._write() as db:
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
     def exports(self, contributor: str | None = None) -> list[Export]:
         """The export ledger, oldest first, for one contributor or all."""

@@ -37,7 +37,7 @@ from client.policy import (
     parse_train_config,
 )
 from client.privacy import round_entry, train_local_dp
-from client.record import OfficialRecord
+from client.record import OfficialRecord, deliver_queued
 from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
 from contract.names import HOLDOUT_REPLY_KEYS, TRAIN_REPLY_KEYS, ReplyKey, UsageMetric
@@ -287,8 +287,10 @@ class Node:
     def score_fine_tuned(self, content: RecordDict, run: Submission) -> RecordDict:
         """Close the run, then score the fine-tuned model and write it with the training
         curve and the compute used; then its paired comparisons with earlier runs and its
-        permutation importance. Closing first: a run is never scored twice."""
-        record = OfficialRecord(self.settings.tracking_uri, run.submission_id)
+        permutation importance. Closing first: a run is never scored twice. A store that
+        is down now does not lose the result: the writes wait in the ledger's outbox."""
+        record = OfficialRecord(self.settings.tracking_uri, run.submission_id, self.ledger,
+                                must_reach=False)
         model, _, view = self._load(content, run, {"arrays"})
         self.ledger.advance(run.submission_id, (TRAINING,), CLOSED, "final holdout")
         rounds = self.ledger.rounds(run.submission_id)
@@ -314,6 +316,10 @@ class Node:
         except Exception:
             log.exception("comparisons or importance of a closed run could not be recorded")
         return self._acknowledge()
+
+    def deliver_queued(self) -> int:
+        """Write what the official record's store could not take before; how many writes went."""
+        return deliver_queued(self.ledger)
 
     def _usage_metrics(self, run: Submission, submissions: int, flops: int) -> dict[str, float]:
         """The contributor's budgets (compute, submissions, privacy), from the node's ledger."""

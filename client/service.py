@@ -22,6 +22,7 @@ holds) and serves every message with the installed ClientApp
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -41,12 +42,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client.app import build_client_app
 from client.errors import NodeError
 from client.executor import NodeExecutor
-from client.node import check_cohort
+from client.node import Node, check_cohort
 from client.settings import NodeSettings
 
 log = logging.getLogger("cohortfl.node")
 
 DEPLOYMENT_KEYS = ("superlink", "root-certificates")
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,9 @@ def _free_port() -> int:
 
 def run_node(service: NodeService, stop: threading.Event, poll_interval: float = 0.05) -> int:
     """Start the SuperNode and serve its messages until ``stop`` is set or the SuperNode exits."""
+    # a store that is down costs one short try per write, not minutes of retries: the writes wait
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     prepare(service)
     state = Path(service.settings.state_dir)
     secret_file = state / "superexec-secret"
@@ -139,19 +144,26 @@ def run_node(service: NodeService, stop: threading.Event, poll_interval: float =
                "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_HOME": str(state / "flwr")}
-    supernode = subprocess.Popen(command, env=env, start_new_session=True)
+    supernode = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
     watcher = threading.Thread(target=lambda: (supernode.wait(), stop.set()), daemon=True)
     watcher.start()
     executor = NodeExecutor(f"127.0.0.1:{port}", secret_file.read_bytes(),
-                            build_client_app(service.settings), poll_interval)
+                            build_client_app(service.settings), poll_interval,
+                            idle=lambda: Node.for_settings(service.settings).deliver_queued())
     try:
         executor.serve_forever(stop)
     finally:
         if supernode.poll() is None:
-            os.killpg(supernode.pid, signal.SIGTERM)
+            supernode.terminate()
             try:
                 supernode.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(supernode.pid, signal.SIGKILL)
+                supernode.kill()
                 supernode.wait()
     return supernode.returncode or 0
+
+
+def _die_with_parent() -> None:
+    """In the SuperNode's process: die when the node's process dies, however it dies (a SuperNode
+    without the node's executor would keep taking the node's messages and answer none)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace.add_argument("--intake-port", type=int, default=9443)
     workspace.add_argument("--register-node", type=Path, action="append", default=[],
                            help="a node's public key (node-key.pub) to let in")
+    workspace.add_argument("overrides", nargs="*", help="Hydra overrides of the run shape, e.g. "
+                           "workspace.num_rounds=10")
     credential = commands.add_parser("credential", help="issue a contributor's token")
     credential.add_argument("contributor")
     credential.add_argument("--dir", type=Path, required=True, help="the workspace's folder")
@@ -222,7 +224,8 @@ def run_role(args: argparse.Namespace) -> int:
             return run_loopback(args.dir, stop)
         from server.deployment import WorkspaceService
 
-        service = WorkspaceService(args.dir, args.host, args.fleet_port, args.intake_port)
+        service = WorkspaceService(args.dir, args.host, args.fleet_port, args.intake_port,
+                                   overrides=tuple(args.overrides))
         service.start()
         try:
             for key in args.register_node:
@@ -256,6 +259,9 @@ def submit_remote(package: Path, url: str, ca: Path | None, token_file: Path | N
         return 2
     if answer.get("ok"):
         print(f"submission {answer['submission_id']} finished; its scores are in the workspace's MLflow")
+        return 0
+    if answer.get("pending"):
+        print(f"submission {answer['submission_id']} ended; {answer['error']}")
         return 0
     print(f"cohortfl: refused or failed: {answer.get('error')}", file=sys.stderr)
     return 1

@@ -147,12 +147,14 @@ class RunShape:
     local_epochs: int
 
 
-def deployment_workspace(tracking_uri: str, experiment: str, signer) -> tuple:  # -> (Workspace, RunShape)
-    """The workspace of a deployment: its MLflow server, its signer, and the node policy it
-    publishes (``conf/policy``) to pre-check submissions; the node enforces its own."""
+def deployment_workspace(tracking_uri: str, experiment: str, signer,
+                         overrides: tuple[str, ...] = ()) -> tuple:  # -> (Workspace, RunShape)
+    """The workspace of a deployment: its MLflow server, its signer, the run shape of
+    ``conf/workspace`` and the node policy it publishes (``conf/policy``) to pre-check
+    submissions; the node enforces its own. ``overrides`` are the operator's Hydra overrides."""
     from server.workspace import Workspace
 
-    cfg = compose_config()
+    cfg = compose_config(overrides)
     published = NodeSettings(data_path="", tracking_uri=tracking_uri, state_dir="",
                              policy=policy_from_mapping(OmegaConf.to_container(cfg.policy, resolve=True)))
     shape = RunShape(int(cfg.workspace.num_rounds), int(cfg.workspace.local_epochs))

@@ -23,6 +23,7 @@ Files under ``D`` (created on first start):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -164,23 +165,28 @@ class WorkspaceService:
         0 picks free ports.
     limits : SandboxLimits
         What each contributor ServerApp may use.
+    overrides : tuple of str
+        The operator's Hydra overrides of the workspace's configuration (``workspace.num_rounds=5``).
     """
 
     def __init__(self, root: Path, host: str = "127.0.0.1", fleet_port: int = 0, intake_port: int = 0,
-                 limits: SandboxLimits | None = None, experiment: str = "cohortfl") -> None:
+                 limits: SandboxLimits | None = None, experiment: str = "cohortfl",
+                 overrides: tuple[str, ...] = ()) -> None:
         self.layout = Layout(Path(root).resolve())
         self.host = host
         self.fleet_port = fleet_port or free_port(host)
         self.intake_port = intake_port or free_port(host)
         self.limits, self.experiment = limits or SandboxLimits(), experiment
+        self.overrides = tuple(overrides)
         self.link_port = free_port()
         self.mlflow_port = free_port()
-        self.processes: list[subprocess.Popen] = []
         self.gates: list[Gate] = []
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self.executor: ServerAppExecutor | None = None
         self.intake = None
+        self.mlflow: subprocess.Popen | None = None
+        self.superlink: subprocess.Popen | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -205,6 +211,9 @@ class WorkspaceService:
     def _start(self) -> None:
         from server.intake_service import IntakeServer
 
+        # a store that is down costs a short try, not minutes of MLflow's retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         layout = self.layout
         layout.create()
         ca, cert, key = ensure_tls(layout.secrets / "tls", sorted({self.host, "127.0.0.1"}))
@@ -217,35 +226,50 @@ class WorkspaceService:
         logs = layout.state / "logs"
         logs.mkdir(exist_ok=True)
         bin_dir = Path(sys.executable).parent
-        self.processes.append(_start([
+        self._superlink_command = [
             str(bin_dir / "flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert),
             "--ssl-keyfile", str(key), "--enable-supernode-auth", "--isolation", "process",
             "--superexec-auth-secret-file", str(secret_file), "--database",
-            str(layout.state / "superlink.db"), "--host", "127.0.0.1", "--port", str(self.link_port)],
-            logs / "superlink.log", self.env()))
-        context = ssl.create_default_context(cafile=str(ca))
-        wait_healthy(f"https://127.0.0.1:{self.link_port}/health", 60, context, self.processes[-1])
+            str(layout.state / "superlink.db"), "--host", "127.0.0.1", "--port", str(self.link_port)]
+        self.restart_superlink()
         layout.flwr_home.mkdir(exist_ok=True)
         (layout.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{self.connection}"\n\n[superlink.{self.connection}]\n'
             f'address = "127.0.0.1:{self.link_port}"\nroot-certificates = "{ca}"\n', encoding="utf-8")
-        self.processes.append(_start([
-            str(bin_dir / "mlflow"), "server", "--backend-store-uri",
-            f"sqlite:///{layout.state / 'mlflow.db'}", "--artifacts-destination",
-            str(layout.state / "mlartifacts"), "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-            "--workers", "1"], logs / "mlflow.log",
-            {**self.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
+        self.start_mlflow()
         upstream = Upstream("127.0.0.1", self.link_port, ca)
         self.gates.append(fleet_gate(self.host, self.fleet_port, upstream, cert, key))
         self.executor = ServerAppExecutor(f"127.0.0.1:{self.link_port}", secret_file.read_bytes(), ca,
                                           layout.sandbox, logs, self.limits)
         self._thread(self.executor.serve_forever, self.stopping)
-        wait_healthy(f"{self.tracking_uri}/health", 120, None, self.processes[-1])
+        wait_healthy(f"{self.tracking_uri}/health", 120, None, self.mlflow)
         release = stage_release(layout.state / "release")
         self.intake = IntakeServer(self, signer, release, cert, key)
         self._thread(self.intake.serve_forever)
         log.info("workspace up: fleet gate %s:%d, intake https://%s:%d", self.host, self.fleet_port,
                  self.host, self.intake_port)
+
+    def restart_superlink(self) -> None:
+        """(Re)start the SuperLink on its port and database, and wait until it answers."""
+        if self.superlink is not None:
+            stop_process(self.superlink)
+        self.superlink = _start(self._superlink_command, self.layout.state / "logs" / "superlink.log",
+                                self.env())
+        context = ssl.create_default_context(cafile=str(self.layout.ca))
+        wait_healthy(f"https://127.0.0.1:{self.link_port}/health", 60, context, self.superlink)
+
+    def start_mlflow(self) -> None:
+        """The MLflow tracking server on loopback (also to bring it back after it went down)."""
+        state = self.layout.state
+        self.mlflow = _start([
+            str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+            f"sqlite:///{state / 'mlflow.db'}", "--artifacts-destination", str(state / "mlartifacts"),
+            "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
+            state / "logs" / "mlflow.log", {**self.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+
+    def stop_mlflow(self) -> None:
+        if self.mlflow is not None:
+            stop_process(self.mlflow)
 
     def _thread(self, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -261,6 +285,17 @@ class WorkspaceService:
         if done.returncode != 0:
             raise RuntimeError(f"registering {public_key} failed: {done.stdout[-800:]}{done.stderr[-800:]}")
 
+    def online_nodes(self) -> int:
+        """How many registered nodes are connected now (Control API, ``flwr supernode ls``)."""
+        done = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "ls",
+                               self.connection, "--format", "json"], env=self.env(),
+                              capture_output=True, text=True, timeout=120)
+        try:
+            nodes = json.loads(done.stdout).get("nodes", [])
+        except ValueError:
+            return 0
+        return sum(node.get("status") == "online" for node in nodes)
+
     def stop(self) -> None:
         """Stop everything this workspace started, newest first."""
         self.stopping.set()
@@ -270,5 +305,6 @@ class WorkspaceService:
             gate.close()
         for thread in self.threads:
             thread.join(timeout=30)
-        for process in reversed(self.processes):
-            stop_process(process)
+        self.stop_mlflow()
+        if self.superlink is not None:
+            stop_process(self.superlink)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import subprocess
 import tempfile
@@ -106,8 +107,9 @@ def run_on_superlink(run_config: UserConfig, project_dir: Path, connection: str,
     """Submit the Flower app in ``project_dir`` to a SuperLink and stream it to the end.
 
     ``connection`` names a ``[superlink.NAME]`` entry of ``$FLWR_HOME/config.toml``.
-    Returns the error text when ``flwr run`` fails, else empty; whether the
-    submission completed is for the caller to check in the official record.
+    Returns the error text when ``flwr run`` fails or the ServerApp ended the submission
+    (``SubmissionFailed``), else empty; whether the submission completed is for the caller to
+    check in the official record.
     """
 
     env = {**os.environ, **({"FLWR_HOME": str(flwr_home)} if flwr_home else {})}
@@ -121,4 +123,8 @@ def run_on_superlink(run_config: UserConfig, project_dir: Path, connection: str,
         except subprocess.TimeoutExpired:
             return (f"no result within {timeout:.0f} s; the run may still be going on the "
                     f"SuperLink: see `flwr ls {connection}` and `flwr stop`")
-    return (done.stdout[-3000:] + done.stderr[-3000:]) if done.returncode else ""
+    if done.returncode:
+        return done.stdout[-3000:] + done.stderr[-3000:]
+    # `flwr run --stream` exits 0 even when the ServerApp raised: its reason is in the stream
+    failed = re.findall(r"SubmissionFailed: (.+)", done.stdout)
+    return failed[-1].strip()[:2000] if failed else ""

@@ -13,7 +13,9 @@ package (``submission.yaml``, optional ``strategy.py`` and ``initial.npz``;
 
 Then the workspace opens the MLflow run, signs the grant and starts the Flower
 run with its own release bundle on its own SuperLink, and answers when the run
-has ended: ``{"submission_id", "ok", "error"}``. Scores stay in MLflow.
+has ended: ``{"submission_id", "ok", "error"}``. Scores stay in MLflow. If the MLflow store
+is down when the run ends, the answer is 202 with ``pending``: the node keeps its record and
+writes it when the store is back, and the intake closes the run then.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ import secrets
 import ssl
 import tempfile
 import threading
+import time
 import zipfile
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from contract.names import Moment, holdout_metric
 from server.errors import PackageRefused
 from server.intake import ALLOWED_FILES, FILE_LIMITS, load_package
 from server.pki import write_private
@@ -110,6 +115,9 @@ class IntakeServer(ThreadingHTTPServer):
         self.credentials = Credentials(service.layout.credentials)
         self.max_package_bytes = max_package_bytes
         self.running = threading.Semaphore(4)
+        self.pending: list[_PendingClose] = []  # runs whose store was down when they ended
+        self._closing = threading.Event()
+        threading.Thread(target=self._close_pending, daemon=True).start()
         super().__init__((service.host, service.intake_port), _IntakeHandler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert), str(key))
@@ -124,22 +132,70 @@ class IntakeServer(ThreadingHTTPServer):
         with tempfile.TemporaryDirectory(prefix="cohortfl-intake-") as tmp:
             try:
                 read_package_zip(data, Path(tmp))
-                workspace, shape = deployment_workspace(self.service.tracking_uri,
-                                                        self.service.experiment, self.signer)
+                workspace, shape = deployment_workspace(self.service.tracking_uri, self.service.experiment,
+                                                        self.signer, self.service.overrides)
                 submission = load_package(Path(tmp), contributor, shape.local_epochs,
                                           shape.num_rounds, FILE_LIMITS["initial.npz"])
                 workspace.check(submission)
             except (PackageRefused, NodeError) as ex:
                 return 422, {"ok": False, "error": str(ex)}
         with self.running:
-            submission = workspace.open_run(submission)
+            try:
+                submission = workspace.open_run(submission)
+            except Exception:  # the MLflow store is down: nothing has started
+                log.exception("cannot open a run")
+                return 503, {"ok": False, "error": "the workspace's MLflow store is unreachable; "
+                                                   "nothing was started, submit again later"}
             log.info("submission %s of %s started", submission.submission_id, contributor)
             error = run_on_superlink(workspace.run_config(submission), self.release,
                                      self.service.connection, flwr_home=self.service.layout.flwr_home,
                                      timeout=self.service.limits.wall_seconds + 60)
-            outcome = workspace.close_run(submission, error)
+            try:
+                outcome = workspace.close_run(submission, error)
+            except Exception:  # the store went down during the run: the node keeps its record
+                log.warning("the store is down; run %s is closed when it is back", submission.submission_id)
+                self.pending.append(_PendingClose(workspace, submission, error))
+                return 202, {"submission_id": submission.submission_id, "ok": False, "pending": True,
+                             "error": STORE_DOWN}
         return 200, {"submission_id": submission.submission_id, "ok": outcome.ok,
                      "error": outcome.error}
+
+    def _close_pending(self, interval: float = 5.0, grace: float = 120.0) -> None:
+        """Close runs that ended while the store was down, once it is back and the node has
+        delivered its queued record (or ``grace`` s after the store is back, as failed)."""
+        while not self._closing.wait(interval):
+            for entry in list(self.pending):
+                try:
+                    recorded = entry.workspace.client.get_run(entry.submission.submission_id).data.metrics
+                except Exception:
+                    continue  # still down
+                entry.back_at = entry.back_at or time.monotonic()
+                if (holdout_metric(Moment.FINE_TUNED, "macro_f1") not in recorded
+                        and time.monotonic() - entry.back_at < grace):
+                    continue  # the node delivers its queued writes within seconds of the store's return
+                try:
+                    outcome = entry.workspace.close_run(entry.submission, entry.error)
+                except Exception:
+                    continue
+                log.info("run %s closed after the store came back: %s", entry.submission.submission_id,
+                         "finished" if outcome.ok else outcome.error)
+                self.pending.remove(entry)
+
+    def shutdown(self) -> None:
+        self._closing.set()
+        super().shutdown()
+
+
+@dataclass
+class _PendingClose:
+    workspace: object  # server.workspace.Workspace
+    submission: object  # contract.submission.Submission
+    error: str
+    back_at: float = 0.0
+
+
+STORE_DOWN = ("the run ended while the MLflow store was down; the node keeps the official record and "
+              "writes it when the store is back, and the workspace then closes the run")
 
 
 class _IntakeHandler(BaseHTTPRequestHandler):

@@ -6,7 +6,8 @@ It does what the two operators would do, each with their own command and files:
 2. the node's files under ``D/node`` (0700): a synthetic cohort and ``node.yaml``
    pointing at the workspace's fleet gate, CA, grant key and MLflow server;
 3. ``cohortfl node --config D/node/node.yaml --key-only`` makes the node's key; the workspace
-   registers its public half; then ``cohortfl node`` starts as its own process;
+   registers its public half; then ``cohortfl node`` starts as its own process, and this waits
+   until the workspace sees it online;
 4. a credential for each named contributor, written to ``D/<name>.token`` (0600).
 
 It prints the contributor's submit command and runs until Ctrl-C or SIGTERM,
@@ -16,9 +17,11 @@ then stops the node and the workspace.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +38,8 @@ class Loopback:
 
     root: Path
     workspace: WorkspaceService
-    node: subprocess.Popen
     tokens: dict[str, Path]
+    node: subprocess.Popen | None = None
 
     @property
     def intake_url(self) -> str:
@@ -46,8 +49,26 @@ class Loopback:
         return (f"cohortfl submit {package} --workspace {self.intake_url} "
                 f"--ca {self.workspace.layout.ca} --token-file {self.tokens[contributor]}")
 
+    def start_node(self, timeout: float = 180.0) -> None:
+        """Start the node's own command and wait until the workspace sees it online."""
+        with (self.root / "node.log").open("ab") as output:
+            self.node = subprocess.Popen(node_command("--config", str(self.root / "node" / "node.yaml")),
+                                         stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self.workspace.online_nodes() < 1:
+            if self.node.poll() is not None or time.monotonic() > deadline:
+                stop_process(self.node)
+                raise RuntimeError(f"the node did not connect; see {self.root / 'node.log'}")
+            time.sleep(1)
+
+    def kill_node(self) -> None:
+        """The node's machine loses power: SIGKILL to the node and its SuperNode."""
+        os.killpg(self.node.pid, signal.SIGKILL)
+        self.node.wait()
+
     def stop(self) -> None:
-        stop_process(self.node)
+        if self.node is not None:
+            stop_process(self.node)
         self.workspace.stop()
 
 
@@ -56,13 +77,15 @@ def node_command(*args: str) -> list[str]:
 
 
 def start_loopback(root: Path, contributors: tuple[str, ...] = ("alice",), cohort_seed: int = 0,
-                   log=print) -> Loopback:
-    """Bring the workspace and one node up on loopback; the caller stops them."""
+                   log=print, **workspace) -> Loopback:
+    """Bring the workspace and one node up on loopback; the caller stops them.
+
+    ``workspace`` goes to ``WorkspaceService`` (``limits``, ``overrides``, ...)."""
     from synthetic.disease import generate_cohort
 
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    workspace = WorkspaceService(root / "workspace")
+    workspace = WorkspaceService(root / "workspace", **workspace)
     log("starting the workspace (SuperLink, fleet gate, sandbox executor, MLflow, intake) ...")
     workspace.start()
     try:
@@ -84,19 +107,18 @@ def start_loopback(root: Path, contributors: tuple[str, ...] = ("alice",), cohor
         if key.returncode != 0:
             raise RuntimeError(f"the node refused to prepare: {key.stderr.strip()[-1000:]}")
         workspace.register_node(Path(key.stdout.strip().splitlines()[-1]))
-        log("starting the node (SuperNode + the foundation's ClientApp) ...")
-        with (root / "node.log").open("ab") as output:
-            node = subprocess.Popen(node_command("--config", str(config)), stdout=output,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
         credentials = Credentials(workspace.layout.credentials)
         tokens = {}
         for name in contributors:
             tokens[name] = root / f"{name}.token"
             write_private(tokens[name], credentials.issue(name).encode())
+        deployment = Loopback(root, workspace, tokens)
+        log("starting the node (SuperNode + the foundation's ClientApp) ...")
+        deployment.start_node()
     except BaseException:
         workspace.stop()
         raise
-    return Loopback(root, workspace, node, tokens)
+    return deployment
 
 
 def run_loopback(root: Path, stop: threading.Event) -> int:

@@ -6,14 +6,20 @@ names, never data) would otherwise stay in a log the contributor may not see.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from server.errors import SubmissionFailed
+
 #: Seconds between pulls for replies: the first pause, and the longest.
 POLL_FIRST, POLL_MAX = 0.02, 0.5
+#: The longest wait for a reply (a node stops a round at its policy's ``round_seconds_max``);
+#: the workspace's sandbox sets it through this environment variable.
+REPLY_TIMEOUT, REPLY_TIMEOUT_ENV = 300.0, "COHORTFL_REPLY_TIMEOUT"
 
 
 class RefusalRecordingGrid(Grid):
@@ -50,22 +56,36 @@ class RefusalRecordingGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        """Push, then pull replies until all are in or ``timeout`` passes, noting refusals.
+        """Push, then pull replies until all are in or the timeout passes, noting refusals.
 
         Flower's deployment grid sleeps a fixed 3 s between pulls; this one starts at
         ``POLL_FIRST`` s and doubles up to ``POLL_MAX``, so a fast node is not waited for.
+        The wait is at most ``REPLY_TIMEOUT`` s (or ``$COHORTFL_REPLY_TIMEOUT``) whatever the
+        strategy asks.
+
+        Raises
+        ------
+        SubmissionFailed
+            No node replied at all in time: a node that died mid-round ends the run now,
+            with that reason, instead of every later round waiting in turn.
         """
+        messages = list(messages)
         waiting = set(self._grid.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        longest = float(os.environ.get(REPLY_TIMEOUT_ENV, REPLY_TIMEOUT))
+        timeout = longest if timeout is None else min(timeout, longest)
+        deadline = time.monotonic() + timeout
         replies: list[Message] = []
         pause = POLL_FIRST
-        while waiting and (deadline is None or time.monotonic() < deadline):
+        while waiting and time.monotonic() < deadline:
             pulled = list(self._grid.pull_messages(waiting))
             replies += pulled
             waiting -= {m.metadata.reply_to_message_id for m in pulled}
             if waiting:
                 time.sleep(pause)
                 pause = min(2 * pause, POLL_MAX)
+        if messages and not replies:
+            kind = messages[0].metadata.message_type
+            raise SubmissionFailed(f"no node replied to {kind} within {timeout:.0f} s")
         return self._note(replies)
 
     def __getattr__(self, name: str):  # noqa: ANN204

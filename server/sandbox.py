@@ -43,6 +43,7 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 
 from server.gate import Upstream, runtime_gate
+from server.refusals import REPLY_TIMEOUT_ENV
 from server.sandbox_inner import namespaces
 
 log = logging.getLogger("cohortfl.sandbox")
@@ -77,6 +78,8 @@ class SandboxLimits:
     wall_seconds: float = 900.0
     processes: int = 128
     file_bytes: int = 64 * 2**20
+    #: the longest the ServerApp waits for a node's reply before it ends the run
+    reply_seconds: float = 300.0
 
 
 def check_sandbox_possible() -> None:
@@ -181,7 +184,7 @@ class ServerAppExecutor:
         command = ["unshare", "--net", "--mount", "--", sys.executable, "-m", "server.sandbox_inner",
                    "--socket", str(socket_path), "--uid", str(uid), "--home", str(folder),
                    *(f"--expose={p}" for p in (sys.base_prefix, sys.prefix, PROJECT)),
-                   f"--outside={namespaces()}",
+                   f"--outside={namespaces()}", f"--setenv={REPLY_TIMEOUT_ENV}={limits.reply_seconds:g}",
                    "--memory", str(limits.memory_bytes), "--cpu", str(limits.cpu_seconds),
                    "--processes", str(limits.processes), "--file-size", str(limits.file_bytes),
                    "--", str(Path(sys.executable).parent / "flwr-serverapp"),

@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file-size", type=int, required=True, help="largest file it may write")
     parser.add_argument("--expose", action="append", default=[],
                         help="a path under a hidden folder the command needs (repeatable)")
+    parser.add_argument("--setenv", action="append", default=[], help="KEY=VALUE for the command")
     parser.add_argument("--outside", required=True,
                         help="the launcher's mount and net namespace ids, which this must not share")
     parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin", "HOME": args.home,
            "FLWR_HOME": os.path.join(args.home, ".flwr"), "TMPDIR": args.home,
            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "LANG": "C.UTF-8",
-           "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"}
+           "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1",
+           **dict(item.split("=", 1) for item in args.setenv)}
     child = os.fork()
     if child == 0:
         try:

@@ -27,8 +27,9 @@ PRIVATE_FLOWER_API = sorted({symbol for symbols in USERS.values() for symbol in 
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = ("flwr.app", "flwr.serverapp", "flwr.serverapp.strategy", "flwr.clientapp")
-UPGRADE_HINT = (f"server/engine.py, client/executor.py and server/sandbox.py were written against flwr {FLOWER_VERSION}; installed is "
-                f"flwr {version('flwr')}. Re-read these internals in the installed Flower")
+UPGRADE_HINT = (f"server/engine.py, client/executor.py and server/sandbox.py were written against "
+                f"flwr {FLOWER_VERSION}; installed is flwr {version('flwr')}. "
+                "Re-read these internals in the installed Flower")
 
 
 def test_the_installed_flower_is_the_one_the_engine_was_written_for():

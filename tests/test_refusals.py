@@ -4,6 +4,7 @@ import pytest
 from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from server.errors import SubmissionFailed
 from server.refusals import RefusalRecordingGrid, reason
 
 
@@ -60,4 +61,6 @@ def test_the_grid_pulls_until_every_reply_is_in_and_stops_at_the_timeout():
     assert list(RefusalRecordingGrid(late).send_and_receive([])) == replies and late.pulls == 3
     never = FakeGrid(replies)
     never.pull_messages = lambda ids: []
-    assert list(RefusalRecordingGrid(never).send_and_receive([], timeout=0.1)) == []
+    request = Message(RecordDict(), dst_node_id=7, message_type="train")
+    with pytest.raises(SubmissionFailed, match="no node replied to train within 0 s"):
+        RefusalRecordingGrid(never).send_and_receive([request], timeout=0.1)
