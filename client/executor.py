@@ -121,16 +121,21 @@ class NodeExecutor:
         self.app = app
         self.poll_interval = poll_interval
         self.idle, self.idle_interval = idle, idle_interval
+        # asking for work fails fast while the SuperNode is down: this loop asks again itself
         self._tasks = self._client(SuperExecAuthHttpInterceptor(master_secret=secret,
-                                                               protected_methods={_ACQUIRE}))
+                                                               protected_methods={_ACQUIRE}),
+                                   max_tries=2)
         self.served = 0
 
-    def _client(self, *interceptors) -> RuntimeHttpClient:
+    def _client(self, *interceptors, max_tries: int | None = None) -> RuntimeHttpClient:
+        retry = make_simple_http_retry_invoker()
+        if max_tries is not None:
+            retry.max_tries = max_tries
         return RuntimeHttpClient.from_server_address(
             server_address=self.runtime_address, insecure=True, root_certificates=None,
             interceptors=[RuntimeVersionHttpInterceptor(component_name="cohortfl-node"),
                           *interceptors],
-            retry_invoker=make_simple_http_retry_invoker())
+            retry_invoker=retry)
 
     def serve_forever(self, stop: threading.Event) -> None:
         """Take and answer tasks until ``stop`` is set."""

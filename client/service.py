@@ -123,8 +123,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_node(service: NodeService, stop: threading.Event, poll_interval: float = 0.05) -> int:
-    """Start the SuperNode and serve its messages until ``stop`` is set or the SuperNode exits."""
+def run_node(service: NodeService, stop: threading.Event, poll_interval: float = 0.05,
+             restart_delay: float = 10.0) -> int:
+    """Start the SuperNode and serve its messages until ``stop`` is set.
+
+    A SuperNode that exits is started again after ``restart_delay`` s: after the node's
+    machine restarts, the SuperLink refuses the node's key (exit 305) until it has seen the
+    old session's heartbeats stop, about a minute.
+    """
     # a store that is down costs one short try per write, not minutes of retries: the writes wait
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -144,23 +150,34 @@ def run_node(service: NodeService, stop: threading.Event, poll_interval: float =
                "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_HOME": str(state / "flwr")}
-    supernode = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
-    watcher = threading.Thread(target=lambda: (supernode.wait(), stop.set()), daemon=True)
-    watcher.start()
+    supernode: list[subprocess.Popen] = []
+
+    def supervise() -> None:
+        while not stop.is_set():
+            supernode[:] = [subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)]
+            code = supernode[0].wait()
+            if not stop.is_set():
+                log.warning("the SuperNode exited with %s; starting it again in %.0f s", code,
+                            restart_delay)
+                stop.wait(restart_delay)
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
+    supervisor.start()
     executor = NodeExecutor(f"127.0.0.1:{port}", secret_file.read_bytes(),
                             build_client_app(service.settings), poll_interval,
                             idle=lambda: Node.for_settings(service.settings).deliver_queued())
     try:
         executor.serve_forever(stop)
     finally:
-        if supernode.poll() is None:
-            supernode.terminate()
+        stop.set()
+        for process in supernode:
+            process.terminate()
             try:
-                supernode.wait(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                supernode.kill()
-                supernode.wait()
-    return supernode.returncode or 0
+                process.kill()
+        supervisor.join(timeout=30)
+    return 0
 
 
 def _die_with_parent() -> None:

@@ -23,6 +23,7 @@ Files under ``D`` (created on first start):
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -49,6 +50,15 @@ log = logging.getLogger("cohortfl.workspace")
 #: what it imports. The node never loads bundle code (client/executor.py).
 RELEASE_PACKAGES = ("server", "contract", "models", "strategies", "conf")
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _unix(stamp: str) -> float:
+    """``2026-12-02 14:31:52Z`` (as ``flwr supernode ls`` prints it) as a Unix time; 0 if not one."""
+    try:
+        return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%SZ").replace(
+            tzinfo=datetime.UTC).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -114,7 +124,7 @@ def stage_release(target: Path) -> Path:
     return target
 
 
-def _start(command: list[str], log_file: Path, env: dict[str, str]) -> subprocess.Popen:
+def _spawn(command: list[str], log_file: Path, env: dict[str, str]) -> subprocess.Popen:
     with log_file.open("ab") as output:
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -236,7 +246,7 @@ class WorkspaceService:
         (layout.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{self.connection}"\n\n[superlink.{self.connection}]\n'
             f'address = "127.0.0.1:{self.link_port}"\nroot-certificates = "{ca}"\n', encoding="utf-8")
-        self.start_mlflow()
+        self.start_mlflow(wait=False)  # it starts while the rest does
         upstream = Upstream("127.0.0.1", self.link_port, ca)
         self.gates.append(fleet_gate(self.host, self.fleet_port, upstream, cert, key))
         self.executor = ServerAppExecutor(f"127.0.0.1:{self.link_port}", secret_file.read_bytes(), ca,
@@ -253,19 +263,21 @@ class WorkspaceService:
         """(Re)start the SuperLink on its port and database, and wait until it answers."""
         if self.superlink is not None:
             stop_process(self.superlink)
-        self.superlink = _start(self._superlink_command, self.layout.state / "logs" / "superlink.log",
+        self.superlink = _spawn(self._superlink_command, self.layout.state / "logs" / "superlink.log",
                                 self.env())
         context = ssl.create_default_context(cafile=str(self.layout.ca))
         wait_healthy(f"https://127.0.0.1:{self.link_port}/health", 60, context, self.superlink)
 
-    def start_mlflow(self) -> None:
+    def start_mlflow(self, wait: bool = True) -> None:
         """The MLflow tracking server on loopback (also to bring it back after it went down)."""
         state = self.layout.state
-        self.mlflow = _start([
+        self.mlflow = _spawn([
             str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
             f"sqlite:///{state / 'mlflow.db'}", "--artifacts-destination", str(state / "mlartifacts"),
             "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
             state / "logs" / "mlflow.log", {**self.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        if wait:
+            wait_healthy(f"{self.tracking_uri}/health", 120, None, self.mlflow)
 
     def stop_mlflow(self) -> None:
         if self.mlflow is not None:
@@ -285,8 +297,9 @@ class WorkspaceService:
         if done.returncode != 0:
             raise RuntimeError(f"registering {public_key} failed: {done.stdout[-800:]}{done.stderr[-800:]}")
 
-    def online_nodes(self) -> int:
-        """How many registered nodes are connected now (Control API, ``flwr supernode ls``)."""
+    def online_nodes(self, since: float = 0.0) -> int:
+        """How many registered nodes are connected now (Control API, ``flwr supernode ls``),
+        counting only those that came online at or after ``since`` (a Unix time)."""
         done = subprocess.run([str(Path(sys.executable).parent / "flwr"), "supernode", "ls",
                                self.connection, "--format", "json"], env=self.env(),
                               capture_output=True, text=True, timeout=120)
@@ -294,7 +307,8 @@ class WorkspaceService:
             nodes = json.loads(done.stdout).get("nodes", [])
         except ValueError:
             return 0
-        return sum(node.get("status") == "online" for node in nodes)
+        return sum(node.get("status") == "online" and _unix(node.get("online-at", "")) >= since
+                   for node in nodes)
 
     def stop(self) -> None:
         """Stop everything this workspace started, newest first."""

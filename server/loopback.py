@@ -49,13 +49,16 @@ class Loopback:
         return (f"cohortfl submit {package} --workspace {self.intake_url} "
                 f"--ca {self.workspace.layout.ca} --token-file {self.tokens[contributor]}")
 
-    def start_node(self, timeout: float = 180.0) -> None:
-        """Start the node's own command and wait until the workspace sees it online."""
+    def start_node(self, timeout: float = 240.0) -> None:
+        """Start the node's own command and wait until the workspace sees it come online (after
+        a crash, the SuperLink lets the node's key in again once the old session's heartbeats
+        have stopped, about a minute)."""
+        started = int(time.time())
         with (self.root / "node.log").open("ab") as output:
             self.node = subprocess.Popen(node_command("--config", str(self.root / "node" / "node.yaml")),
                                          stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while self.workspace.online_nodes() < 1:
+        while self.workspace.online_nodes(since=started) < 1:
             if self.node.poll() is not None or time.monotonic() > deadline:
                 stop_process(self.node)
                 raise RuntimeError(f"the node did not connect; see {self.root / 'node.log'}")

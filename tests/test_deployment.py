@@ -363,34 +363,39 @@ def test_an_outsiders_bundle_never_runs_beside_the_records(deployment, tmp_path,
 # --- faults: each leaves the topology as it found it ------------------------------------
 
 
-def in_background(deployment, folder: Path, contributor: str) -> tuple[threading.Thread, list]:
-    answers: list = []
-    thread = threading.Thread(target=lambda: answers.append(submit(deployment, folder, contributor)))
+def submit_with_fault(deployment, name: str, contributor: str, after: str, fault, timeout: float) -> dict:
+    """Submit a package; when the node's log shows one more ``after`` message served, cause
+    ``fault()``; return the workspace's answer."""
+    def served() -> int:
+        return (deployment.root / "node.log").read_text(errors="replace").count(f"served {after}")
+
+    before, answers = served(), []
+    thread = threading.Thread(target=lambda: answers.append(
+        submit(deployment, package(deployment.root / name), contributor)))
     thread.start()
-    return thread, answers
-
-
-def wait_for_node_log(deployment, text: str, count: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while (deployment.root / "node.log").read_text(errors="replace").count(text) < count:
-        assert time.monotonic() < deadline, f"'{text}' not served"
+    deadline = time.monotonic() + 180
+    while served() <= before:
+        assert time.monotonic() < deadline, f"no {after} served"
         time.sleep(0.2)
+    fault()
+    thread.join(timeout=timeout)
+    assert answers, "no answer from the workspace"
+    return answers[0]
 
 
-def node_log_count(deployment, text: str) -> int:
-    return (deployment.root / "node.log").read_text(errors="replace").count(text)
+def outbox_size(deployment) -> int:
+    with sqlite3.connect(deployment.root / "node" / "state" / "ledger.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
 def test_a_node_killed_mid_round_ends_the_run_and_is_charged_once(deployment):
-    trained = node_log_count(deployment, "served train")
-    thread, answers = in_background(deployment, package(deployment.root / "killed"), "carol")
-    wait_for_node_log(deployment, "served train", trained + 1)
-    deployment.kill_node()
-    started = time.monotonic()
-    thread.join(timeout=REPLY_SECONDS + 180)
-    assert answers and not answers[0]["ok"] and answers[0]["error"], answers
-    assert time.monotonic() - started < REPLY_SECONDS + 120
-    run_id = answers[0]["submission_id"]
+    killed_at = []
+    answer = submit_with_fault(deployment, "killed", "carol", "train",
+                               lambda: (deployment.kill_node(), killed_at.append(time.monotonic())),
+                               REPLY_SECONDS + 180)
+    assert not answer["ok"] and "no node replied" in answer["error"], answer
+    assert time.monotonic() - killed_at[0] < REPLY_SECONDS + 120
+    run_id = answer["submission_id"]
     assert mlflow_run(deployment, run_id).info.status == "FAILED"
     with sqlite3.connect(deployment.root / "node" / "state" / "ledger.sqlite") as db:
         rounds = [r for (r,) in db.execute("SELECT server_round FROM rounds WHERE run_id = ?", (run_id,))]
@@ -400,14 +405,11 @@ def test_a_node_killed_mid_round_ends_the_run_and_is_charged_once(deployment):
 
 
 def test_a_superlink_restarted_mid_run_ends_it_with_a_status_and_serves_the_next(deployment):
-    trained = node_log_count(deployment, "served train")
-    thread, answers = in_background(deployment, package(deployment.root / "restarted"), "dave")
-    wait_for_node_log(deployment, "served train", trained + 1)
-    deployment.workspace.restart_superlink()
-    thread.join(timeout=WALL_SECONDS + 240)
-    assert answers and (answers[0]["ok"] or answers[0]["error"]), answers
-    status = mlflow_run(deployment, answers[0]["submission_id"]).info.status
-    assert status == ("FINISHED" if answers[0]["ok"] else "FAILED")
+    answer = submit_with_fault(deployment, "restarted", "dave", "train",
+                               deployment.workspace.restart_superlink, WALL_SECONDS + 240)
+    assert answer["ok"] or answer["error"], answer
+    status = mlflow_run(deployment, answer["submission_id"]).info.status
+    assert status == ("FINISHED" if answer["ok"] else "FAILED")
     deadline = time.monotonic() + 120
     while deployment.workspace.online_nodes() < 1:  # the SuperNode reconnects by itself
         assert time.monotonic() < deadline, "the node did not reconnect"
@@ -416,17 +418,12 @@ def test_a_superlink_restarted_mid_run_ends_it_with_a_status_and_serves_the_next
 
 
 def test_mlflow_down_at_the_final_score_loses_nothing(deployment):
-    scored = node_log_count(deployment, "served query.holdout_out_of_the_box")
-    thread, answers = in_background(deployment, package(deployment.root / "store-down"), "erin")
-    wait_for_node_log(deployment, "served query.holdout_out_of_the_box", scored + 1)
-    deployment.workspace.stop_mlflow()
-    thread.join(timeout=WALL_SECONDS + 120)
-    assert answers and answers[0].get("pending"), answers
-    queued = sqlite3.connect(deployment.root / "node" / "state" / "ledger.sqlite").execute(
-        "SELECT COUNT(*) FROM outbox").fetchone()[0]
-    assert queued > 0  # the node kept the record
+    answer = submit_with_fault(deployment, "store-down", "erin", "query.holdout_out_of_the_box",
+                               deployment.workspace.stop_mlflow, WALL_SECONDS + 120)
+    assert answer.get("pending"), answer
+    assert outbox_size(deployment) > 0  # the node kept the record
     deployment.workspace.start_mlflow()
-    run_id, deadline = answers[0]["submission_id"], time.monotonic() + 180
+    run_id, deadline = answer["submission_id"], time.monotonic() + 180
     while True:
         try:
             run = mlflow_run(deployment, run_id)
@@ -438,5 +435,4 @@ def test_mlflow_down_at_the_final_score_loses_nothing(deployment):
         time.sleep(2)
     assert {"holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1", "compute_flops",
             "importance_genes"} <= set(run.data.metrics)
-    assert sqlite3.connect(deployment.root / "node" / "state" / "ledger.sqlite").execute(
-        "SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    assert outbox_size(deployment) == 0
