@@ -40,6 +40,7 @@ STRATEGY = {"_target_": "flwr.serverapp.strategy.FedAvg", "fraction_evaluate": 0
 def simulation_seconds(folder: Path, rounds: int, contributor: str) -> float:
     """Wall seconds of one submission on the simulation engine (engine start included)."""
     cohort = folder / "cohort.parquet"
+    folder.mkdir(parents=True, exist_ok=True)
     if not cohort.is_file():
         generate_cohort(0).to_parquet(cohort, index=False)
     signer = WorkspaceSigner(folder / "workspace" / "grant-key.pem")
