@@ -78,6 +78,7 @@ def _handler(upstream: Upstream, allowed: frozenset[str], max_body: int, name: s
                 seen(path)
             if path not in allowed:
                 log.warning("%s refused %s %s", name, self.command, path[:200])
+                drain_small_body(self)  # so that the caller reads the 403, not a reset
                 return self._refuse(403, f"{path[:200]} is not served here")
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 return self._refuse(411, "a body needs a Content-Length")
@@ -114,6 +115,17 @@ def _handler(upstream: Upstream, allowed: frozenset[str], max_body: int, name: s
             self.close_connection = True
 
     return Forward
+
+
+def drain_small_body(request: BaseHTTPRequestHandler, at_most: int = 2**16) -> None:
+    """Read a refused request's body when it is small: the caller then reads the refusal
+    instead of a connection reset. A large one is never read."""
+    try:
+        length = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        return
+    if 0 < length <= at_most:
+        request.rfile.read(length)
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from contract.names import Moment, holdout_metric
 from server.errors import PackageRefused
+from server.gate import drain_small_body
 from server.intake import ALLOWED_FILES, FILE_LIMITS, load_package
 from server.pki import write_private
 
@@ -212,6 +213,7 @@ class _IntakeHandler(BaseHTTPRequestHandler):
         contributor = self.server.credentials.who(auth.removeprefix("Bearer ").strip()) \
             if auth.startswith("Bearer ") else None
         if contributor is None:
+            drain_small_body(self)
             return self._answer(401, {"error": "credential-refused: no valid contributor token"})
         if "Content-Length" not in self.headers:
             return self._answer(411, {"error": "package-size: the upload needs a Content-Length"})
