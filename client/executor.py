@@ -28,7 +28,6 @@ import time
 import tomllib
 import zipfile
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 from flwr.app import Context, Message
@@ -144,7 +143,6 @@ class NodeExecutor:
         self._tasks = self._client(SuperExecAuthHttpInterceptor(master_secret=secret,
                                                                protected_methods={_ACQUIRE}),
                                    max_tries=2)
-        self.served = 0
 
     def _client(self, *interceptors, max_tries: int | None = None) -> RuntimeHttpClient:
         retry = make_simple_http_retry_invoker()
@@ -183,7 +181,6 @@ class NodeExecutor:
         if not (reply.HasField("task") and reply.token):
             return False
         self._serve(reply.token)
-        self.served += 1
         return True
 
     def _serve(self, token: str) -> None:
@@ -238,8 +235,3 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Fab]:
         return_type=Message, initial_backoff=0.02, backoff_cap=0.5)
     message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower sets it
     return message, context, fab
-
-
-def read_secret(path: Path) -> bytes:
-    """The SuperExec secret, exactly the bytes of the file (as Flower reads it)."""
-    return path.read_bytes()
