@@ -97,14 +97,19 @@ def ensure_node_key(path: Path) -> Path:
     public = path.with_name(path.name + ".pub")
     if not path.is_file():
         key = ec.generate_private_key(ec.SECP384R1())
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()))
+        _create_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.OpenSSH,
+                                                serialization.NoEncryption()))
         public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                          serialization.PublicFormat.OpenSSH))
     return public
+
+
+def _create_private(path: Path, data: bytes) -> None:
+    """A new file readable by this user only; never overwrites."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
 
 
 def prepare(service: NodeService) -> Path:
@@ -138,9 +143,7 @@ def run_node(service: NodeService, stop: threading.Event, poll_interval: float =
     state = Path(service.settings.state_dir)
     secret_file = state / "superexec-secret"
     if not secret_file.is_file():
-        descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(secrets.token_bytes(32))
+        _create_private(secret_file, secrets.token_bytes(32))
     port = _free_port()
     command = [str(Path(sys.executable).parent / "flower-supernode"),
                "--superlink", service.superlink, "--root-certificates", str(service.root_certificates),
