@@ -7,7 +7,8 @@ run, a bundle or a contributor's command line:
 
     data-path: /srv/cohort/cohort.parquet       # 0600/0700: no other user may read it
     state-dir: /var/lib/cohortfl                # ledger, secret, keys (0700)
-    tracking-uri: http://127.0.0.1:5000         # the official record
+    tracking-uri: https://workspace:5000        # the official record: https, or a local store
+    tracking-credentials: /etc/cohortfl/tracking-node.json  # 0600: the node's MLflow account
     workspace-key: /etc/cohortfl/grant-key.pem.pub
     superlink: 127.0.0.1:9092                   # the workspace's fleet gate
     root-certificates: /etc/cohortfl/ca.crt     # the workspace's CA
@@ -17,12 +18,15 @@ run, a bundle or a contributor's command line:
 It starts Flower's SuperNode (TLS to the workspace, SuperNode authentication
 with the node's own key, ``--isolation process`` with a secret only this process
 holds) and serves every message with the installed ClientApp
-(``client/executor.py``); the cohort stays loaded between messages.
+(``client/executor.py``); the cohort stays loaded between messages. The official
+record goes to the workspace's MLflow over TLS (the same CA), as the node's own
+account; a tracking URI that is neither https nor on this machine is refused.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import secrets
@@ -32,6 +36,7 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +47,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client.app import build_client_app
 from client.errors import NodeError
 from client.executor import NodeExecutor
+from client.files import create_once, write_whole
 from client.node import Node, check_cohort
 from client.settings import NodeSettings
+from contract.names import MLFLOW_ACCOUNT_VARIABLES
 
 log = logging.getLogger("cohortfl.node")
 
 DEPLOYMENT_KEYS = ("superlink", "root-certificates")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PR_SET_PDEATHSIG = 1
 
 
@@ -58,6 +66,7 @@ class NodeService:
     settings: NodeSettings
     superlink: str
     root_certificates: Path
+    tracking_credentials: Path | None = None
 
     @property
     def auth_key(self) -> Path:
@@ -73,14 +82,41 @@ class NodeService:
             raise NodeError(f"cannot read the node's file {path}: {ex}") from None
         if not isinstance(config, dict):
             raise NodeError(f"{path} must be a mapping of node settings")
+        own = (*DEPLOYMENT_KEYS, "tracking-credentials")
         known = {"data-path", "tracking-uri", "state-dir", "workspace-key", "policy", "device",
-                 "holdout-size", "split-seed", *DEPLOYMENT_KEYS}
+                 "holdout-size", "split-seed", *own}
         unknown, missing = sorted(set(config) - known), [k for k in DEPLOYMENT_KEYS if k not in config]
         if unknown or missing:
             raise NodeError(f"{path}: unknown keys {unknown}, missing {missing}")
-        settings = NodeSettings.from_node_config({k: v for k, v in config.items()
-                                                  if k not in DEPLOYMENT_KEYS})
-        return cls(settings, str(config["superlink"]), Path(config["root-certificates"]))
+        settings = NodeSettings.from_node_config({k: v for k, v in config.items() if k not in own})
+        check_tracking_uri(settings.tracking_uri)
+        credentials = config.get("tracking-credentials")
+        return cls(settings, str(config["superlink"]), Path(config["root-certificates"]),
+                   Path(credentials) if credentials else None)
+
+    def tracking_environment(self) -> dict[str, str]:
+        """The node's MLflow account and the workspace's CA, for its own MLflow clients."""
+        env = {}
+        if self.tracking_credentials is not None:
+            check_private(self.tracking_credentials)
+            try:
+                account = json.loads(self.tracking_credentials.read_text(encoding="utf-8"))
+                env = {"MLFLOW_TRACKING_USERNAME": str(account["username"]),
+                       "MLFLOW_TRACKING_PASSWORD": str(account["password"])}
+            except (OSError, ValueError, KeyError, TypeError) as ex:
+                raise NodeError(f"tracking-credentials {self.tracking_credentials}: not the "
+                                f"workspace's account file ({type(ex).__name__}: {ex})") from None
+        if self.settings.tracking_uri.startswith("https://"):
+            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(self.root_certificates)
+        return env
+
+
+def check_tracking_uri(uri: str) -> None:
+    """The official record travels over TLS unless it stays on this machine."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
+        raise NodeError(f"tracking-uri {uri}: the official record would cross the network "
+                        f"unencrypted; use https:// (the workspace's MLflow serves TLS)")
 
 
 def check_private(path: Path) -> None:
@@ -93,23 +129,15 @@ def check_private(path: Path) -> None:
 
 
 def ensure_node_key(path: Path) -> Path:
-    """The node's P-384 key pair (OpenSSH format, as Flower reads it); returns the public key."""
+    """The node's P-384 key pair (OpenSSH format, as Flower reads it); returns the public key,
+    written from the private key on disk (whichever process created it)."""
+    made = b"" if path.is_file() else ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    key = serialization.load_ssh_private_key(create_once(path, made), password=None)
     public = path.with_name(path.name + ".pub")
-    if not path.is_file():
-        key = ec.generate_private_key(ec.SECP384R1())
-        _create_private(path, key.private_bytes(serialization.Encoding.PEM,
-                                                serialization.PrivateFormat.OpenSSH,
-                                                serialization.NoEncryption()))
-        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                         serialization.PublicFormat.OpenSSH))
+    write_whole(public, key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                      serialization.PublicFormat.OpenSSH))
     return public
-
-
-def _create_private(path: Path, data: bytes) -> None:
-    """A new file readable by this user only; never overwrites."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
 
 
 def prepare(service: NodeService) -> Path:
@@ -119,6 +147,7 @@ def prepare(service: NodeService) -> Path:
     for path in (Path(service.settings.data_path), state):
         check_private(path)
     check_cohort(service.settings)
+    service.tracking_environment()  # a bad account file is refused before anything starts
     return ensure_node_key(service.auth_key)
 
 
@@ -140,10 +169,10 @@ def run_node(service: NodeService, stop: threading.Event, poll_interval: float =
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     prepare(service)
+    os.environ.update(service.tracking_environment())
     state = Path(service.settings.state_dir)
     secret_file = state / "superexec-secret"
-    if not secret_file.is_file():
-        _create_private(secret_file, secrets.token_bytes(32))
+    create_once(secret_file, secrets.token_bytes(32))
     port = _free_port()
     command = [str(Path(sys.executable).parent / "flower-supernode"),
                "--superlink", service.superlink, "--root-certificates", str(service.root_certificates),
@@ -151,8 +180,7 @@ def run_node(service: NodeService, stop: threading.Event, poll_interval: float =
                "--auth-supernode-public-key", str(service.auth_key) + ".pub",
                "--isolation", "process", "--superexec-auth-secret-file", str(secret_file),
                "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_HOME": str(state / "flwr")}
+    env = supernode_environment(state)
     supernode: list[subprocess.Popen] = []
 
     def supervise() -> None:
@@ -181,6 +209,13 @@ def run_node(service: NodeService, stop: threading.Event, poll_interval: float =
                 process.kill()
         supervisor.join(timeout=30)
     return 0
+
+
+def supernode_environment(state: Path) -> dict[str, str]:
+    """The SuperNode's environment: this process's, less the node's MLflow account."""
+    return {**{k: v for k, v in os.environ.items() if k not in MLFLOW_ACCOUNT_VARIABLES},
+            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_HOME": str(state / "flwr")}
 
 
 def _die_with_parent() -> None:

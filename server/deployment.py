@@ -7,7 +7,8 @@ It starts, and stops together:
   process and the machine's operator reaches it;
 - the **fleet gate** (``server/gate.py``), the address nodes are given: TLS, Fleet API only;
 - the **ServerApp executor** (``server/sandbox.py``): every contributor ServerApp in a sandbox;
-- an **MLflow tracking server** on loopback, where the node writes the official record;
+- the **MLflow tracking server** (``server/tracking_server.py``: TLS, basic-auth, an account
+  per node), where the node writes the official record;
 - the **intake** (``server/intake_service.py``): contributors submit packages with their
   own credential over TLS; the workspace signs each run's grant and starts it.
 
@@ -15,7 +16,8 @@ Files under ``D`` (created on first start):
 
 ====================  ======  =====================================================
 ``public/``           0755    ``ca.crt`` and ``grant-key.pem.pub``: give them to the node
-``secrets/``          0700    TLS key, grant-signing key, SuperExec secret, credentials
+``secrets/``          0700    TLS key, grant-signing key, SuperExec secret, credentials,
+                              MLflow passwords; ``tracking-node.json`` goes to the node
 ``state/``            0700    SuperLink database, MLflow store, logs, the release bundle
 ``sandbox/``          0711    one 0700 folder per running ServerApp, owned by its uid
 ====================  ======  =====================================================
@@ -43,6 +45,7 @@ from server.gate import Gate, Upstream, fleet_gate
 from server.pki import ensure_tls, write_private
 from server.sandbox import SandboxLimits, ServerAppExecutor
 from server.signing import WorkspaceSigner
+from server.tracking_server import TrackingServer, use_as_admin, without_tracking_account
 
 log = logging.getLogger("cohortfl.workspace")
 
@@ -171,7 +174,7 @@ class WorkspaceService:
         The workspace's folder (``Layout``).
     host : str
         Where nodes and contributors reach the workspace (fleet gate, intake).
-    fleet_port, intake_port : int
+    fleet_port, intake_port, mlflow_port : int
         0 picks free ports.
     limits : SandboxLimits
         What each contributor ServerApp may use.
@@ -180,7 +183,7 @@ class WorkspaceService:
     """
 
     def __init__(self, root: Path, host: str = "127.0.0.1", fleet_port: int = 0, intake_port: int = 0,
-                 limits: SandboxLimits | None = None, experiment: str = "cohortfl",
+                 mlflow_port: int = 0, limits: SandboxLimits | None = None, experiment: str = "cohortfl",
                  overrides: tuple[str, ...] = ()) -> None:
         self.layout = Layout(Path(root).resolve())
         self.host = host
@@ -189,7 +192,8 @@ class WorkspaceService:
         self.limits, self.experiment = limits or SandboxLimits(), experiment
         self.overrides = tuple(overrides)
         self.link_port = free_port()
-        self.mlflow_port = free_port()
+        self.mlflow_port = mlflow_port or free_port(host)
+        self.tracking: TrackingServer | None = None
         self.gates: list[Gate] = []
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
@@ -200,15 +204,16 @@ class WorkspaceService:
 
     @property
     def tracking_uri(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow_port}"
+        return f"https://{self.host}:{self.mlflow_port}"
 
     @property
     def connection(self) -> str:
         return "workspace"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "FLWR_HOME": str(self.layout.flwr_home)}
+        """The environment of the processes the workspace starts: never its MLflow account."""
+        return {**without_tracking_account(dict(os.environ)), "FLWR_TELEMETRY_ENABLED": "0",
+                "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_HOME": str(self.layout.flwr_home)}
 
     def start(self) -> None:
         """Create the files and start everything; on any failure stop what started, and raise."""
@@ -246,18 +251,31 @@ class WorkspaceService:
         (layout.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{self.connection}"\n\n[superlink.{self.connection}]\n'
             f'address = "127.0.0.1:{self.link_port}"\nroot-certificates = "{ca}"\n', encoding="utf-8")
+        self.tracking = TrackingServer(layout.secrets, layout.state, self.host, self.mlflow_port,
+                                       ca, cert, key)
+        use_as_admin(self.tracking)
         self.start_mlflow(wait=False)  # it starts while the rest does
         upstream = Upstream("127.0.0.1", self.link_port, ca)
         self.gates.append(fleet_gate(self.host, self.fleet_port, upstream, cert, key))
         self.executor = ServerAppExecutor(f"127.0.0.1:{self.link_port}", secret_file.read_bytes(), ca,
                                           layout.sandbox, logs, self.limits)
         self._thread(self.executor.serve_forever, self.stopping)
-        wait_healthy(f"{self.tracking_uri}/health", 120, None, self.mlflow)
+        self._wait_mlflow()
+        self.node_tracking_account = self._grant_node()
         release = stage_release(layout.state / "release")
         self.intake = IntakeServer(self, signer, release, cert, key)
         self._thread(self.intake.serve_forever)
-        log.info("workspace up: fleet gate %s:%d, intake https://%s:%d", self.host, self.fleet_port,
-                 self.host, self.intake_port)
+        log.info("workspace up: fleet gate %s:%d, intake https://%s:%d, MLflow %s", self.host,
+                 self.fleet_port, self.host, self.intake_port, self.tracking_uri)
+
+    def _grant_node(self) -> Path:
+        """The node's MLflow account, allowed to write to the experiment that holds official runs."""
+        from server.config import deployment_workspace
+
+        account = self.tracking.account("node")
+        workspace, _ = deployment_workspace(self.tracking_uri, self.experiment, None, self.overrides)
+        self.tracking.allow("node", workspace.experiment_id, "EDIT")
+        return account
 
     def restart_superlink(self) -> None:
         """(Re)start the SuperLink on its port and database, and wait until it answers."""
@@ -269,15 +287,16 @@ class WorkspaceService:
         wait_healthy(f"https://127.0.0.1:{self.link_port}/health", 60, context, self.superlink)
 
     def start_mlflow(self, wait: bool = True) -> None:
-        """The MLflow tracking server on loopback (also to bring it back after it went down)."""
-        state = self.layout.state
-        self.mlflow = _spawn([
-            str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-            f"sqlite:///{state / 'mlflow.db'}", "--artifacts-destination", str(state / "mlartifacts"),
-            "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1"],
-            state / "logs" / "mlflow.log", {**self.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        """The MLflow tracking server (also to bring it back after it went down)."""
+        command, variables = self.tracking.command()
+        self.mlflow = _spawn(command, self.layout.state / "logs" / "mlflow.log",
+                             {**self.env(), **variables})
         if wait:
-            wait_healthy(f"{self.tracking_uri}/health", 120, None, self.mlflow)
+            self._wait_mlflow()
+
+    def _wait_mlflow(self) -> None:
+        context = ssl.create_default_context(cafile=str(self.layout.ca))
+        wait_healthy(f"{self.tracking_uri}/health", 120, context, self.mlflow)
 
     def stop_mlflow(self) -> None:
         if self.mlflow is not None:

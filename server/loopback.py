@@ -3,8 +3,9 @@
 It does what the two operators would do, each with their own command and files:
 
 1. the workspace (``cohortfl workspace``, here in this process) under ``D/workspace``;
-2. the node's files under ``D/node`` (0700): a synthetic cohort and ``node.yaml``
-   pointing at the workspace's fleet gate, CA, grant key and MLflow server;
+2. the node's files under ``D/node`` (0700): a synthetic cohort, the node's MLflow account
+   (as the workspace's operator would hand it over) and ``node.yaml`` pointing at the
+   workspace's fleet gate, CA, grant key and MLflow server;
 3. ``cohortfl node --config D/node/node.yaml --key-only`` makes the node's key; the workspace
    registers its public half; then ``cohortfl node`` starts as its own process, and this waits
    until the workspace sees it online;
@@ -98,10 +99,12 @@ def start_loopback(root: Path, contributors: tuple[str, ...] = ("alice",), cohor
         if not cohort.is_file():
             generate_cohort(cohort_seed).to_parquet(cohort, index=False)
         os.chmod(cohort, 0o600)
+        account = node_dir / "tracking-node.json"
+        write_private(account, workspace.node_tracking_account.read_bytes())
         config = node_dir / "node.yaml"
         config.write_text(yaml.safe_dump({
             "data-path": str(cohort), "state-dir": str(node_dir / "state"),
-            "tracking-uri": workspace.tracking_uri,
+            "tracking-uri": workspace.tracking_uri, "tracking-credentials": str(account),
             "workspace-key": str(workspace.layout.grant_public_key),
             "superlink": f"127.0.0.1:{workspace.fleet_port}",
             "root-certificates": str(workspace.layout.ca)}), encoding="utf-8")
@@ -128,7 +131,9 @@ def run_loopback(root: Path, stop: threading.Event) -> int:
     """The ``cohortfl loopback`` command: up, wait for ``stop``, down."""
     deployment = start_loopback(root)
     try:
-        print(f"\nworkspace up; MLflow at {deployment.workspace.tracking_uri}")
+        layout = deployment.workspace.layout
+        print(f"\nworkspace up; MLflow at {deployment.workspace.tracking_uri} (CA {layout.ca}, "
+              f"user admin, password in {layout.secrets / 'mlflow-admin-password'})")
         print(f"submit as alice:\n  {deployment.submit_command('alice')}")
         print("Ctrl-C stops everything.", flush=True)
         while not stop.wait(1.0):

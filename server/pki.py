@@ -1,7 +1,7 @@
 """The workspace's TLS material: a certificate authority of its own and one server certificate.
 
 The node and contributors are given ``ca.crt`` and check every connection to the
-workspace (SuperLink fleet gate, intake) against it. Private keys are written 0600.
+workspace (SuperLink fleet gate, intake, MLflow server) against it. Private keys are written 0600.
 """
 
 from __future__ import annotations

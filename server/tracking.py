@@ -6,9 +6,13 @@ path as a raw database error. The workspace asks first.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from server.errors import TrackingStoreError
@@ -55,9 +59,12 @@ def _check_sqlite(uri: str, path: Path, must_exist: bool) -> None:
 
 
 def _check_server(uri: str, timeout: float) -> None:
-    """A tracking server must answer its health check within ``timeout`` seconds."""
+    """A tracking server must answer its health check within ``timeout`` seconds (over TLS, checked
+    against the CA MLflow's own client is given, ``MLFLOW_TRACKING_SERVER_CERT_PATH``)."""
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as answer:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout,
+                                    context=context) as answer:
             if answer.status != 200:
                 raise TrackingStoreError(f"the MLflow tracking server at {uri} answered "
                                          f"{answer.status} to /health")
@@ -65,3 +72,21 @@ def _check_server(uri: str, timeout: float) -> None:
         reason = getattr(ex, "reason", ex)
         raise TrackingStoreError(f"the MLflow tracking server at {uri} is not reachable ({reason}): "
                                  "start it (mlflow server ...) or set tracking.uri") from None
+
+
+@contextmanager
+def first_use_lock(uri: str) -> Iterator[None]:
+    """Hold, while it lasts, a lock that serialises first use of a SQLite store across processes:
+    two commands started at once on a new store would both run MLflow's schema migration and
+    both create the experiment. Other stores need none (a server migrates once, at its start)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -53,7 +53,7 @@ def deployment(tmp_path_factory):
     from synthetic.disease import generate_cohort
 
     root = tmp_path_factory.mktemp("loopback")
-    before = os.environ.get("FLWR_HOME")
+    before = dict(os.environ)  # the workspace gives this process its MLflow admin account
     os.environ["FLWR_HOME"] = str(root / "flwr-home")  # the test's own, never the user's
     (root / "node").mkdir(mode=0o700)
     cohort = generate_cohort(0)
@@ -66,10 +66,8 @@ def deployment(tmp_path_factory):
         yield started
     finally:
         started.stop()
-        if before is None:
-            os.environ.pop("FLWR_HOME")
-        else:
-            os.environ["FLWR_HOME"] = before
+        os.environ.clear()
+        os.environ.update(before)
         left = subprocess.run(["pgrep", "-a", "-f", "flower-super|flwr-serverapp|sandbox_inner|"
                                "mlflow server|server.cli node"], capture_output=True, text=True)
         assert str(root) not in left.stdout, f"left running:\n{left.stdout}"
@@ -141,6 +139,35 @@ def test_the_control_and_runtime_apis_are_not_served_to_nodes_or_outsiders(deplo
                              env={**os.environ, "FLWR_HOME": str(home)}, capture_output=True, text=True)
     assert deployment.submit_command("alice") not in listing.stdout
     assert "403" in listing.stdout + listing.stderr or listing.returncode != 0
+
+
+def test_the_official_record_travels_over_tls_to_accounts_that_may_write_it(deployment):
+    """The MLflow server speaks only TLS, answers nobody without an account, and the node's
+    account writes runs but cannot make accounts or grant itself more."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    from server.tracking import check_tracking_uri
+
+    workspace = deployment.workspace
+    check_tracking_uri(workspace.tracking_uri)  # the pre-flight check trusts MLflow's CA setting
+    with pytest.raises(OSError):  # plain HTTP: the server answers only a TLS handshake
+        urllib.request.urlopen(f"http://127.0.0.1:{workspace.mlflow_port}/health", timeout=10)
+    ca = workspace.layout.ca
+    context = ssl.create_default_context(cafile=str(ca))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{workspace.tracking_uri}/api/2.0/mlflow/experiments/search"
+                               "?max_results=5", timeout=10, context=context)
+    assert refused.value.code == 401
+    account = json.loads((deployment.root / "node" / "tracking-node.json").read_text())
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_USERNAME", account["username"])
+        env.setenv("MLFLOW_TRACKING_PASSWORD", account["password"])
+        auth = get_app_client("basic-auth", tracking_uri=workspace.tracking_uri)
+        with pytest.raises(MlflowException, match="403|Permission"):
+            auth.create_user("mallory", "mallory-password-123")
+        with pytest.raises(MlflowException, match="403|Permission"):
+            auth.update_user_admin(account["username"], True)
 
 
 def test_an_unregistered_supernode_is_refused(deployment, tmp_path):
@@ -245,6 +272,9 @@ def probe_targets(deployment) -> dict:
                       "tls-key": str(workspace.layout.secrets / "tls" / "server.key"),
                       "superlink-db": str(workspace.layout.state / "superlink.db"),
                       "mlflow-db": str(workspace.layout.state / "mlflow.db"),
+                      "mlflow-admin-password": str(workspace.layout.secrets / "mlflow-admin-password"),
+                      "node-mlflow-account": str(deployment.root / "node" / "tracking-node.json"),
+                      "workspace-environment": f"/proc/{os.getpid()}/environ",
                       "credentials": str(workspace.layout.credentials)},
             "ports": {"superlink": workspace.link_port, "mlflow": workspace.mlflow_port,
                       "fleet-gate": workspace.fleet_port, "intake": workspace.intake_port}}
@@ -272,7 +302,9 @@ def test_the_same_probe_wins_without_the_sandbox(deployment, tmp_path):
                            f"127.0.0.1:{deployment.workspace.link_port}"],
                           capture_output=True, text=True, timeout=120)
     found = json.loads(done.stdout.splitlines()[-1].removeprefix("PROBE "))
-    assert all(found[name].startswith("READ") for name in ("cohort", "grant-key", "tls-key"))
+    assert all(found[name].startswith("READ") for name in (
+        "cohort", "grant-key", "tls-key", "mlflow-admin-password", "node-mlflow-account",
+        "workspace-environment"))
     assert found["superlink"] == "CONNECTED" and found["mlflow"] == "CONNECTED"
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from client.errors import NodeError
 from client.executor import PINNED_CLIENTAPP, check_bundle
-from client.service import NodeService, check_private, ensure_node_key
+from client.service import NodeService, check_private, ensure_node_key, supernode_environment
 from server.errors import PackageRefused
 from server.gate import FLEET_PATHS, Upstream, runtime_gate
 from server.intake import FILE_LIMITS
@@ -57,6 +57,42 @@ def test_the_nodes_file_names_every_key_it_needs_and_no_other(tmp_path):
     path.write_text(yaml.safe_dump({**config, "batch-size-min": 1}))  # a limit is not a node setting
     with pytest.raises(NodeError, match="unknown keys"):
         NodeService.from_file(path)
+
+
+def test_the_official_record_never_crosses_the_network_in_clear(tmp_path):
+    base = {"data-path": "c.parquet", "state-dir": "s", "superlink": "ws:9092",
+            "root-certificates": str(tmp_path / "ca.crt")}
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({**base, "tracking-uri": "http://workspace.example:5000"}))
+    with pytest.raises(NodeError, match="unencrypted"):
+        NodeService.from_file(path)
+    for allowed in ("http://127.0.0.1:5000", "https://workspace.example:5000", "sqlite:///x.db"):
+        path.write_text(yaml.safe_dump({**base, "tracking-uri": allowed}))
+        NodeService.from_file(path)
+
+
+def test_the_nodes_mlflow_account_is_private_and_reaches_only_its_own_clients(tmp_path):
+    account = tmp_path / "tracking-node.json"
+    account.write_text('{"username": "node", "password": "s3cret-s3cret"}')
+    os.chmod(account, 0o644)
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump({
+        "data-path": "c.parquet", "state-dir": "s", "superlink": "ws:9092",
+        "root-certificates": str(tmp_path / "ca.crt"), "tracking-uri": "https://ws:5000",
+        "tracking-credentials": str(account)}))
+    service = NodeService.from_file(path)
+    with pytest.raises(NodeError, match="readable by other users"):
+        service.tracking_environment()
+    os.chmod(account, 0o600)
+    assert service.tracking_environment() == {
+        "MLFLOW_TRACKING_USERNAME": "node", "MLFLOW_TRACKING_PASSWORD": "s3cret-s3cret",
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": str(tmp_path / "ca.crt")}
+    account.write_text('{"user": "node"}')
+    with pytest.raises(NodeError, match="account file"):
+        service.tracking_environment()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-s3cret")
+        assert "s3cret-s3cret" not in supernode_environment(tmp_path).values()
 
 
 def test_the_node_key_is_private_and_its_public_half_is_openssh(tmp_path):
