@@ -82,6 +82,19 @@ class Usage:
     device_seconds: float
 
 
+@dataclass(frozen=True)
+class Charge:
+    """What one submission cost its contributor: a submission slot once its out-of-the-box score
+    was recorded (that score is information released), and the rounds that really ran."""
+
+    run_id: str
+    contributor: str
+    phase: str  # closed: scored to the end; otherwise where it stopped
+    rounds: int
+    flops: int
+    device_seconds: float
+
+
 class NodeLedger:
     """Budgets, submissions and exports of one node, kept across runs and processes.
 
@@ -288,6 +301,17 @@ class NodeLedger:
         """One queued write reached the official record."""
         with self._write() as db:
             db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def charges(self, contributor: str | None = None) -> list[Charge]:
+        """Each submission the node opened, oldest first, with what it charged."""
+        query = ("SELECT s.run_id, s.contributor, s.phase, COUNT(r.server_round), "
+                 "COALESCE(SUM(r.flops), 0), COALESCE(SUM(r.device_seconds), 0) FROM submissions s "
+                 "LEFT JOIN rounds r ON r.run_id = s.run_id"
+                 + (" WHERE s.contributor = ?" if contributor else "")
+                 + " GROUP BY s.run_id ORDER BY s.opened_at")
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            rows = db.execute(query, (contributor,) if contributor else ()).fetchall()
+        return [Charge(*row) for row in rows]
 
     def exports(self, contributor: str | None = None) -> list[Export]:
         """The export ledger, oldest first, for one contributor or all."""

@@ -19,6 +19,7 @@ from torch import nn
 
 from client.cohort import load_cohort, split_cohort
 from client.errors import PolicyViolation, ReplyRefused
+from client.files import create_once
 from client.holdout import (
     HoldoutScores,
     bootstrap_intervals,
@@ -62,12 +63,7 @@ def resolve_device(name: str) -> torch.device:
 
 def node_secret(path: Path) -> bytes:
     """The node's own random secret, created once (readable by the node's user only)."""
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(os.urandom(32))
-    return path.read_bytes()
+    return create_once(path, os.urandom(32))
 
 
 def round_seed(secret: bytes, submission_id: str, server_round: int) -> int:
@@ -315,6 +311,7 @@ class Node:
             record.write_importance(importances, groups)
         except Exception:
             log.exception("comparisons or importance of a closed run could not be recorded")
+        record.write_complete()
         return self._acknowledge()
 
     def deliver_queued(self) -> int:

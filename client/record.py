@@ -23,6 +23,7 @@ from contract.names import (
     TRAIN_LOSS_SERIES,
     Artifact,
     Moment,
+    Tag,
     UsageMetric,
     importance_metric,
 )
@@ -104,6 +105,11 @@ class OfficialRecord:
         self._submit({"tags": {f"{PAIRED_TAG_PREFIX}{other}": paired.to_text()
                                for other, paired in comparisons.items()}})
 
+    def write_complete(self) -> None:
+        """The record's last write: whoever waits for the record (a workspace closing a run whose
+        writes were queued) knows every earlier one has arrived."""
+        self._submit({"tags": {Tag.RECORD_COMPLETE: "true"}})
+
     def _submit(self, write: dict) -> None:
         """Apply one write now, or keep it (and every later one, in order) in the outbox."""
         if not self.deferred:
@@ -138,7 +144,9 @@ class OfficialRecord:
                                     Artifact.CONFUSION)
         if "importance" in write:
             table = pd.DataFrame(write["importance"])
-            self._client.log_table(self.run_id, table, Artifact.IMPORTANCE_TABLE)
+            with warnings.catch_warnings():  # MLflow 3.17's own use of a pandas 3 deprecation
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._client.log_table(self.run_id, table, Artifact.IMPORTANCE_TABLE)
             self._client.log_figure(self.run_id, importance_figure(table), Artifact.IMPORTANCE_FIGURE)
 
 

@@ -103,6 +103,10 @@ class Tag(StrEnum):
     CONTRIBUTOR = "cohortfl.contributor"
     BATCH = "cohortfl.batch"
     ERROR = "cohortfl.error"
+    #: What the strategy reduces to with this workspace's nodes (``server/rehearsal.py``).
+    NOTICE = "cohortfl.notice"
+    #: The node's last write of a run's official record: everything before it has arrived.
+    RECORD_COMPLETE = "cohortfl.record_complete"
 
 
 #: Prefix of a paired comparison with another run: ``cohortfl.paired.<run id>``.
@@ -116,3 +120,9 @@ class Artifact(StrEnum):
     CONFUSION = "holdout_confusion_matrix.png"
     IMPORTANCE_TABLE = "holdout_importance.json"
     IMPORTANCE_FIGURE = "holdout_importance.png"
+
+# --- MLflow: the environment that gives a process an account on the workspace's server -------
+#: MLflow's own variables: a process holding them writes as that account, so the
+#: processes the node and the workspace start (SuperNode, SuperLink, sandboxes) never get them.
+MLFLOW_ACCOUNT_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                            "MLFLOW_TRACKING_SERVER_CERT_PATH")

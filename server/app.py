@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import importlib
+import inspect
 import io
+import logging
 import time
 import types
 from collections.abc import Callable
@@ -21,14 +23,15 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from hydra.utils import get_object as locate
 from hydra.utils import instantiate
 
-from contract.names import HOLDOUT_FINE_TUNED, HOLDOUT_OUT_OF_THE_BOX, Moment
+from contract.names import HOLDOUT_FINE_TUNED, HOLDOUT_OUT_OF_THE_BOX, Moment, ReplyKey
 from contract.schema import SCHEMA
 from contract.submission import Submission
 from models import build_for
 from server.errors import SubmissionFailed
-from server.refusals import RefusalRecordingGrid, reason
+from server.refusals import RefusalRecordingGrid, flower_warnings, reason
 
 #: Called with (phase, done, total): phase is a ``Moment`` or "round".
 Progress = Callable[[str, int, int], None]
@@ -85,14 +88,16 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
         report("round", server_round, submission.num_rounds)
         return None  # no server-side evaluation: the server holds no data
 
-    result = strategy.start(grid, initial, submission.num_rounds,
-                            train_config=ConfigRecord(submission.train_config()),
-                            evaluate_fn=on_round)
+    with flower_warnings(echo=logging.getLogger("flwr").level <= logging.WARNING) as said:
+        result = strategy.start(grid, initial, submission.num_rounds,
+                                train_config=ConfigRecord(submission.train_config()),
+                                evaluate_fn=on_round)
     if len(result.train_metrics_clientapp) < submission.num_rounds:
         refusals = "; ".join(dict.fromkeys(grid.refusals)) or "no reply"
+        flower = "; ".join(dict.fromkeys(said))[-1000:]
         raise SubmissionFailed(
             f"only {len(result.train_metrics_clientapp)} of {submission.num_rounds} rounds "
-            f"aggregated a reply; the node said: {refusals}")
+            f"aggregated a reply; the node said: {refusals}" + (f"; Flower said: {flower}" if flower else ""))
     ask_nodes(grid, node_ids, HOLDOUT_FINE_TUNED, RecordDict({"arrays": result.arrays}))
     report(Moment.FINE_TUNED, 1, 1)
 
@@ -113,6 +118,8 @@ def build_strategy(config: dict, n_nodes: int, source: str = "") -> Strategy:
         exec(compile(source, "<contributor strategy.py>", "exec"), module.__dict__)  # noqa: S102
         strategy = getattr(module, target.removeprefix("contributor."))(**kwargs)
     else:
+        if "train_loss_key" in inspect.signature(locate(target)).parameters:
+            kwargs.setdefault("train_loss_key", str(ReplyKey.TRAIN_LOSS))  # QFedAvg: the node's name
         strategy = instantiate({"_target_": target, **kwargs})
     # a wrapper (Flower's differential-privacy strategies) samples through the strategy it wraps
     for layer in (strategy, getattr(strategy, "strategy", None)):

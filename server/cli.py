@@ -84,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace.add_argument("--host", default="127.0.0.1", help="address nodes and contributors use")
     workspace.add_argument("--fleet-port", type=int, default=9092)
     workspace.add_argument("--intake-port", type=int, default=9443)
+    workspace.add_argument("--mlflow-port", type=int, default=9444)
     workspace.add_argument("--register-node", type=Path, action="append", default=[],
                            help="a node's public key (node-key.pub) to let in")
     workspace.add_argument("overrides", nargs="*", help="Hydra overrides of the run shape, e.g. "
@@ -136,7 +137,6 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     from client.node import check_cohort
     from server.config import load_job
     from server.intake import load_package
-    from server.leaderboard import format_leaderboard, read_leaderboard
     from server.signing import WorkspaceSigner
     from server.tracking import check_tracking_uri
     from server.workspace import Workspace
@@ -161,8 +161,7 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
         check_tracking_uri(job.node.tracking_uri)  # before any engine starts
         workspace = Workspace(job.node, job.workspace.experiment,
                               WorkspaceSigner(job.workspace.signing_key), verbose=verbose)
-        for submission in submissions:
-            workspace.check(submission)
+        notices = [workspace.check(submission) for submission in submissions]
     except (NodeError, HydraException, OmegaConfBaseException, ValueError, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
@@ -170,11 +169,17 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     batch = time.strftime("%Y%m%dT%H%M%S")
     parallel = min(job.workspace.parallel_runs, len(submissions))
     print(f"{len(submissions)} submission(s), {parallel} at a time:")
-    for submission in submissions:
+    for submission, notice in zip(submissions, notices, strict=True):
         print(f"  {submission.contributor}: {submission.strategy_name} + {submission.model.name}, "
-              f"{submission.num_rounds} rounds")
-    outcomes = workspace.submit_all(submissions, batch=batch, parallel=parallel,
-                                    progress=partial(ConsoleProgress, started=time.time()))
+              f"{submission.num_rounds} rounds" + "".join(f"\n    notice: {n}" for n in notice))
+    try:
+        outcomes = workspace.submit_all(submissions, batch=batch, parallel=parallel,
+                                        progress=partial(ConsoleProgress, started=time.time()),
+                                        notices=notices)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the runs of batch {batch} that had not ended are marked KILLED in "
+              f"{job.node.tracking_uri}; the node's ledger keeps what ran", file=sys.stderr)
+        return 130
     failed = 0
     for outcome in outcomes:
         if not outcome.ok:
@@ -182,8 +187,7 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
             print(f"{outcome.submission.contributor} failed: {outcome.error}", file=sys.stderr)
 
     print()
-    print(format_leaderboard(read_leaderboard(job.node.tracking_uri, job.workspace.experiment,
-                                              batch=batch)))
+    print(board(job.node.tracking_uri, job.workspace.experiment, batch))
     print()
     wall = time.perf_counter() - started
     print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "
@@ -225,14 +229,15 @@ def run_role(args: argparse.Namespace) -> int:
         from server.deployment import WorkspaceService
 
         service = WorkspaceService(args.dir, args.host, args.fleet_port, args.intake_port,
-                                   overrides=tuple(args.overrides))
+                                   args.mlflow_port, overrides=tuple(args.overrides))
         service.start()
         try:
             for key in args.register_node:
                 service.register_node(key)
             print(f"workspace up: nodes connect to {args.host}:{service.fleet_port} with "
-                  f"{service.layout.ca}; contributors submit to https://{args.host}:{service.intake_port}",
-                  flush=True)
+                  f"{service.layout.ca} and write to {service.tracking_uri} with "
+                  f"{service.node_tracking_account}; contributors submit to "
+                  f"https://{args.host}:{service.intake_port}", flush=True)
             stop.wait()
         finally:
             service.stop()
@@ -273,7 +278,9 @@ def write_synthetic_cohort(path: Path, seed: int) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     table = generate_cohort(seed)
-    table.to_parquet(path, index=False)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")  # a node starting now reads it whole
+    table.to_parquet(staging, index=False)
+    os.replace(staging, path)
     print(f"synthetic cohort: {len(table)} records, {table.shape[1] - 2} features -> {path}")
 
 
@@ -282,19 +289,26 @@ def leaderboard(tracking_uri: str | None, experiment: str | None, batch: str | N
     from server.config import compose_config
     from server.config import tracking_uri as default_uri
     from server.errors import LeaderboardError, TrackingStoreError
-    from server.leaderboard import format_leaderboard, read_leaderboard
     from server.tracking import check_tracking_uri
 
     cfg = compose_config()
     uri = tracking_uri or default_uri(cfg)
     try:
         check_tracking_uri(uri, must_exist=True)  # reading a board never creates a store
-        rows = read_leaderboard(uri, experiment or str(cfg.tracking.experiment), batch)
+        print(board(uri, experiment or str(cfg.tracking.experiment), batch))
     except (LeaderboardError, TrackingStoreError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
-    print(format_leaderboard(rows))
     return 0
+
+
+def board(uri: str, experiment: str, batch: str | None) -> str:
+    """The leaderboard, then the submissions that are not on it and why."""
+    from server.leaderboard import format_leaderboard, format_unfinished, read_leaderboard, read_unfinished
+
+    unfinished = format_unfinished(read_unfinished(uri, experiment, batch))
+    return format_leaderboard(read_leaderboard(uri, experiment, batch)) + (
+        f"\n\n{unfinished}" if unfinished else "")
 
 
 
@@ -309,7 +323,15 @@ def print_exports(contributor: str | None, state_dir: str | None) -> int:
     if not path.is_file():
         print(f"cohortfl: no node ledger at {path}", file=sys.stderr)
         return 2
-    rows = NodeLedger(path).exports(contributor)
+    ledger = NodeLedger(path)
+    print(f"{'run':8}  {'contributor':11}  {'ended at':21}  {'rounds':>6}  {'compute (PF)':>12}  device s")
+    for charge in ledger.charges(contributor):
+        ended = "final score" if charge.phase == "closed" else charge.phase
+        print(f"{charge.run_id[:8]:8}  {charge.contributor:11}  {ended:21}  {charge.rounds:6d}  "
+              f"{charge.flops / 1e15:12.4g}  {charge.device_seconds:.1f}")
+    print("(a submission counts once its out-of-the-box score is recorded; a round once it ran; "
+          "why a run ended early: cohortfl leaderboard)\n")
+    rows = ledger.exports(contributor)
     print(f"{'time (UTC)':19}  {'contributor':11}  {'run':8}  {'message':19}  {'bytes':>8}  records")
     for row in rows:
         shapes = ", ".join(f"{k}{tuple(v)}" for k, v in row.shapes.items())

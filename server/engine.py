@@ -21,6 +21,8 @@ import re
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import tomli_w
@@ -87,6 +89,18 @@ def run_simulation(server_app: ServerApp, client_app: ClientApp, run_config: Use
             backend_config=backend_config, app_dir=app_dir, is_app=True, run=run,
             verbose_logging=verbose,
         )
+
+
+@contextmanager
+def task_identity() -> Iterator[None]:
+    """An in-process run's identity, while it lasts, for code that makes Flower messages outside
+    a run (the workspace's rehearsal of a strategy); the one it replaces comes back after."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def write_app_manifest(app_dir: Path, run_config: UserConfig) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from contract.names import Moment, holdout_metric
+from contract.names import Tag
 from server.errors import PackageRefused
 from server.gate import drain_small_body
 from server.intake import ALLOWED_FILES, FILE_LIMITS, load_package
@@ -117,6 +117,7 @@ class IntakeServer(ThreadingHTTPServer):
         self.max_package_bytes = max_package_bytes
         self.running = threading.Semaphore(4)
         self.pending: list[_PendingClose] = []  # runs whose store was down when they ended
+        self.in_flight: dict[str, tuple] = {}  # submission id -> (workspace, submission)
         self._closing = threading.Event()
         threading.Thread(target=self._close_pending, daemon=True).start()
         super().__init__((service.host, service.intake_port), _IntakeHandler)
@@ -137,20 +138,24 @@ class IntakeServer(ThreadingHTTPServer):
                                                         self.signer, self.service.overrides)
                 submission = load_package(Path(tmp), contributor, shape.local_epochs,
                                           shape.num_rounds, FILE_LIMITS["initial.npz"])
-                workspace.check(submission)
+                notices = workspace.check(submission)
             except (PackageRefused, NodeError) as ex:
                 return 422, {"ok": False, "error": str(ex)}
         with self.running:
             try:
-                submission = workspace.open_run(submission)
+                submission = workspace.open_run(submission, notices=notices)
             except Exception:  # the MLflow store is down: nothing has started
                 log.exception("cannot open a run")
                 return 503, {"ok": False, "error": "the workspace's MLflow store is unreachable; "
                                                    "nothing was started, submit again later"}
             log.info("submission %s of %s started", submission.submission_id, contributor)
-            error = run_on_superlink(workspace.run_config(submission), self.release,
-                                     self.service.connection, flwr_home=self.service.layout.flwr_home,
-                                     timeout=self.service.limits.wall_seconds + 60)
+            self.in_flight[submission.submission_id] = (workspace, submission)
+            try:
+                error = run_on_superlink(workspace.run_config(submission), self.release,
+                                         self.service.connection, flwr_home=self.service.layout.flwr_home,
+                                         timeout=self.service.limits.wall_seconds + 60)
+            finally:
+                self.in_flight.pop(submission.submission_id, None)
             try:
                 outcome = workspace.close_run(submission, error)
             except Exception:  # the store went down during the run: the node keeps its record
@@ -159,7 +164,7 @@ class IntakeServer(ThreadingHTTPServer):
                 return 202, {"submission_id": submission.submission_id, "ok": False, "pending": True,
                              "error": STORE_DOWN}
         return 200, {"submission_id": submission.submission_id, "ok": outcome.ok,
-                     "error": outcome.error}
+                     "error": outcome.error, "notices": notices}
 
     def _close_pending(self, interval: float = 5.0, grace: float = 120.0) -> None:
         """Close runs that ended while the store was down, once it is back and the node has
@@ -167,12 +172,11 @@ class IntakeServer(ThreadingHTTPServer):
         while not self._closing.wait(interval):
             for entry in list(self.pending):
                 try:
-                    recorded = entry.workspace.client.get_run(entry.submission.submission_id).data.metrics
+                    tags = entry.workspace.client.get_run(entry.submission.submission_id).data.tags
                 except Exception:
                     continue  # still down
                 entry.back_at = entry.back_at or time.monotonic()
-                if (holdout_metric(Moment.FINE_TUNED, "macro_f1") not in recorded
-                        and time.monotonic() - entry.back_at < grace):
+                if Tag.RECORD_COMPLETE not in tags and time.monotonic() - entry.back_at < grace:
                     continue  # the node delivers its queued writes within seconds of the store's return
                 try:
                     outcome = entry.workspace.close_run(entry.submission, entry.error)
@@ -183,8 +187,11 @@ class IntakeServer(ThreadingHTTPServer):
                 self.pending.remove(entry)
 
     def shutdown(self) -> None:
+        """Stop taking submissions; runs still going are marked KILLED (the workspace is stopping)."""
         self._closing.set()
         super().shutdown()
+        for workspace, submission in list(self.in_flight.values()):
+            workspace.kill_runs([submission])
 
 
 @dataclass

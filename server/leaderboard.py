@@ -69,27 +69,52 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
     LeaderboardError
         The store has no such experiment, or the batch id is malformed.
     """
+    runs = _search(tracking_uri, experiment, batch, "attributes.status = 'FINISHED'",
+                   f"metrics.{LEADERBOARD_METRIC} DESC")
+    return [_row(run) for run in runs]
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A submission that is not on the board, and why."""
+
+    contributor: str
+    strategy: str
+    status: str  # RUNNING, FAILED or KILLED
+    reason: str
+    run_id: str
+
+
+def read_unfinished(tracking_uri: str, experiment: str, batch: str | None = None) -> list[Unfinished]:
+    """Submissions of ``experiment`` without the node's final score (running, failed, killed),
+    newest first, with the reason the workspace recorded."""
+    runs = _search(tracking_uri, experiment, batch, "attributes.status != 'FINISHED'",
+                   "attributes.start_time DESC")
+    return [Unfinished(run.data.tags.get(Tag.CONTRIBUTOR, "?"), run.data.params.get("strategy", "?"),
+                       run.info.status, run.data.tags.get(Tag.ERROR, "still running"), run.info.run_id)
+            for run in runs]
+
+
+def _search(tracking_uri: str, experiment: str, batch: str | None, query: str, order: str) -> list:
+    """Every run of ``experiment`` (of one batch) that ``query`` matches, every page of them."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise LeaderboardError(f"no experiment '{experiment}' in {tracking_uri}")
-    query = "attributes.status = 'FINISHED'"
     if batch and not re.fullmatch(r"[\w.-]+", batch):
         raise LeaderboardError("a batch id holds only letters, digits, '.', '_' and '-'")
     if batch:
         query += f" and tags.`{Tag.BATCH}` = '{batch}'"
     runs, token = [], None
     while True:  # every page: a leaderboard that silently stops at N rows would mislead
-        page = client.search_runs([found.experiment_id], filter_string=query,
-                                  order_by=[f"metrics.{LEADERBOARD_METRIC} DESC"], max_results=1000,
-                                  page_token=token)
+        page = client.search_runs([found.experiment_id], filter_string=query, order_by=[order],
+                                  max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:
-            break
-    return [_row(run) for run in runs]
+            return runs
 
 
 def _row(run) -> Row:  # run: mlflow.entities.Run
@@ -177,3 +202,14 @@ def format_leaderboard(rows: list[Row]) -> str:
             "permutation importance.\nprivacy: the contributor's epsilon spent under DP-SGD (delta in "
             "the run's params); DP OFF: the node trained without differential privacy.")
     return "\n".join([fmt.format(*header), rule, *body, "", note])
+
+
+def format_unfinished(rows: list[Unfinished], width: int = 160) -> str:
+    """The submissions that are not on the board, one line each, with the reason."""
+    if not rows:
+        return ""
+    lines = ["Not on the board (no final score from the node):"]
+    for row in rows:
+        head = f"  {row.contributor}  {row.strategy}  {row.status}  {row.run_id[:8]}: "
+        lines.append(head + " ".join(row.reason.split())[:max(40, width - len(head))])
+    return "\n".join(lines)

@@ -1,14 +1,17 @@
-"""A Grid that remembers why nodes refused messages, so a failed run can say why.
+"""Why a run failed, kept for the contributor: the nodes' refusals and what Flower warned.
 
-Flower's strategies log failed replies and skip them; the node's reasons (rule
-names, never data) would otherwise stay in a log the contributor may not see.
+Flower's strategies log failed replies and skip them, and say why they aggregated
+nothing only in their log; the node's reasons (rule names, never data) and Flower's
+warnings would otherwise stay in a log the contributor may not see.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -105,3 +108,27 @@ def reason(reply: Message) -> str:
     if "Message: " in text:
         text = text.split("Message: ", 1)[1]
     return text.strip().removesuffix("'>").strip()
+
+
+@contextmanager
+def flower_warnings(echo: bool = False) -> Iterator[list[str]]:
+    """Collect what Flower logs at WARNING and above while it lasts; shown as well when ``echo``,
+    else kept off the terminal (the engine quiets Flower unless asked to be verbose)."""
+    said: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    logger = logging.getLogger("flwr")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    if echo:
+        logger.addHandler(Collect(logging.WARNING))
+    else:
+        logger.handlers, logger.propagate = [Collect(logging.WARNING)], False
+    logger.setLevel(min(logger.level or logging.WARNING, logging.WARNING))
+    try:
+        yield said
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[2]
+        logger.setLevel(saved[1])

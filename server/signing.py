@@ -6,13 +6,13 @@ the public key (``<key>.pub``). The ServerApp, which runs contributor code, neve
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.files import create_once, write_whole
 from contract.grant import GRANT_KEY, RunGrant, config_digest, sign
 
 
@@ -30,9 +30,11 @@ class WorkspaceSigner:
     def __init__(self, key_path: Path, lifetime: float = 24 * 3600.0) -> None:
         self.key_path = Path(key_path)
         self.lifetime = lifetime
-        if not self.key_path.is_file():
-            self._create()
-        self._key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        made = b"" if self.key_path.is_file() else Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        self._key = serialization.load_pem_private_key(create_once(self.key_path, made), password=None)
+        write_whole(self.public_key_path, self._key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
     @property
     def public_key_path(self) -> Path:
@@ -46,15 +48,3 @@ class WorkspaceSigner:
                          config_digest=config_digest(run_config),
                          expires_at=time.time() + self.lifetime)
         return {**run_config, GRANT_KEY: sign(grant, self._key)}
-
-    def _create(self) -> None:
-        """A new key pair: the private key readable by this user only."""
-        key = Ed25519PrivateKey.generate()
-        self.key_path.parent.mkdir(parents=True, exist_ok=True)
-        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        descriptor = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(private)
-        self.public_key_path.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))

@@ -13,6 +13,7 @@ computing, so two at a time on two cores nearly halve the demo's time.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -32,6 +33,7 @@ from contract.schema import SCHEMA
 from contract.submission import Submission
 from server.app import Progress
 from server.signing import WorkspaceSigner
+from server.tracking import first_use_lock
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Outcome:
     submission: Submission
     ok: bool
     error: str = ""
+
+log = logging.getLogger("cohortfl.workspace")
 
 
 class Workspace:
@@ -59,6 +63,9 @@ class Workspace:
         beside a SQLite store (a tracking server decides for itself).
     """
 
+    #: How many nodes a run has: the pilot's one (a strategy is rehearsed against as many).
+    nodes = 1
+
     def __init__(self, node: NodeSettings, experiment: str, signer: WorkspaceSigner,
                  artifact_dir: Path | None = None, verbose: bool = False) -> None:
         from mlflow.tracking import MlflowClient
@@ -66,67 +73,112 @@ class Workspace:
         self.node = node
         self.signer = signer
         self.verbose = verbose
-        self.client = MlflowClient(node.tracking_uri)
         if artifact_dir is None and node.tracking_uri.startswith("sqlite:///"):
             artifact_dir = Path(node.tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_dir.resolve().as_uri() if artifact_dir else None)
+        with first_use_lock(node.tracking_uri):  # the client migrates a new store's schema
+            self.client = MlflowClient(node.tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=artifact_dir.resolve().as_uri() if artifact_dir else None)
 
     def submit_all(self, submissions: list[Submission], batch: str = "", parallel: int = 1,
-                   progress: Callable[[Submission], Progress] | None = None) -> list[Outcome]:
+                   progress: Callable[[Submission], Progress] | None = None,
+                   notices: list[list[str]] | None = None) -> list[Outcome]:
         """Run submissions end to end, ``parallel`` at a time; failures are recorded, not raised.
 
+        Each run's engine lives in a worker process of its own session, so that an interrupt
+        (Ctrl-C, SIGTERM) reaches only this process, which then kills the workers' process
+        groups (Ray's processes with them), marks every run it opened and did not close KILLED,
+        and raises ``KeyboardInterrupt``. ``notices`` are ``check``'s, one list per submission.
         Outcomes come back in the order the runs finish.
         """
-        opened = [self.open_run(s, batch) for s in submissions]
-        outcomes = []
-        if parallel <= 1:
-            for submission in opened:
-                error = simulate(self.run_config(submission), self.node, self.verbose,
-                                 progress(submission) if progress else None)
-                outcomes.append(self.close_run(submission, error))
-            return outcomes
+        opened, outcomes = [], []
         context = multiprocessing.get_context("spawn")  # each run its own engine and Ray
-        with ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=os.setsid) as pool:
-            futures = {pool.submit(simulate, self.run_config(s), self.node, self.verbose,
-                                   progress(s) if progress else None): s for s in opened}
-            try:
-                for future in as_completed(futures):
-                    try:
-                        error = future.result()
-                    except Exception as ex:  # the worker process died: the run failed all the same
-                        error = f"{type(ex).__name__}: {ex}"
-                    outcomes.append(self.close_run(futures[future], error))
-            except BaseException:  # interrupted: start no further run, stop the running ones
-                workers = list(pool._processes.values())  # no public API before Python 3.14
-                pool.shutdown(wait=False, cancel_futures=True)
-                for worker in workers:
-                    with contextlib.suppress(ProcessLookupError):  # each worker leads its own group:
-                        os.killpg(worker.pid, signal.SIGKILL)  # its Ray's processes go with it
-                raise
+        try:
+            for i, submission in enumerate(submissions):
+                opened.append(self.open_run(submission, batch, notices[i] if notices else ()))
+            with ProcessPoolExecutor(max_workers=parallel, mp_context=context,
+                                     initializer=os.setsid) as pool:
+                futures = {pool.submit(simulate, self.run_config(s), self.node, self.verbose,
+                                       progress(s) if progress else None): s for s in opened}
+                try:
+                    for future in as_completed(futures):
+                        try:
+                            error = future.result()
+                        except Exception as ex:  # the worker process died: the run failed all the same
+                            error = f"{type(ex).__name__}: {ex}"
+                        outcomes.append(self.close_or_say_why(futures[future], error))
+                except BaseException:  # interrupted: start no further run, stop the running ones
+                    workers = list(pool._processes.values())  # no public API before Python 3.14
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for worker in workers:
+                        with contextlib.suppress(ProcessLookupError):  # each worker leads its own group:
+                            os.killpg(worker.pid, signal.SIGKILL)  # its Ray's processes go with it
+                    raise
+        except BaseException:
+            closed = {o.submission.submission_id for o in outcomes}
+            self.kill_runs([s for s in opened if s.submission_id not in closed])
+            raise
         return outcomes
 
-    def check(self, submission: Submission) -> None:
-        """Refuse, before any run exists, a submission the node's policy would refuse.
+    def close_or_say_why(self, submission: Submission, error: str) -> Outcome:
+        """``close_run``; when the store is unreachable, an outcome that says so (the node keeps its
+        official record in its outbox and writes it at its next message once the store answers)."""
+        try:
+            return self.close_run(submission, error)
+        except Exception as ex:
+            return Outcome(submission, ok=False, error=(
+                f"the MLflow store could not be reached to close run {submission.submission_id} "
+                f"({type(ex).__name__}); the node keeps its official record and writes it once the "
+                f"store answers; the run shows RUNNING until then"
+                + (f"; the run: {error}" if error else "")))
+
+    def kill_runs(self, submissions: list[Submission]) -> None:
+        """Mark runs that were interrupted KILLED, saying so (never left RUNNING); a store that is
+        down leaves them as they are, and says which."""
+        for submission in submissions:
+            try:
+                self.client.set_tag(submission.submission_id, Tag.ERROR,
+                                    "interrupted (Ctrl-C or SIGTERM) before the run ended")
+                self.client.set_terminated(submission.submission_id, "KILLED")
+            except Exception as ex:  # the store is gone too: nothing more to do here
+                log.warning("run %s could not be marked KILLED: %s", submission.submission_id, ex)
+
+    def check(self, submission: Submission) -> list[str]:
+        """Refuse, before any run exists, a submission the node's policy would refuse or whose
+        strategy cannot complete a round with this workspace's nodes (``server/rehearsal.py``).
+
+        Returns
+        -------
+        list of str
+            Notices for the contributor: what the strategy reduces to with this many nodes.
 
         Raises
         ------
         PolicyViolation
             Naming the rule; the node enforces the same rules again on every message.
+        PackageRefused
+            ``strategy-rehearsal``: what the strategy did with one stand-in round, and why.
         """
+        from server.app import initial_arrays
+        from server.rehearsal import rehearse
+
         policy = self.node.policy
         check_model(submission.model, policy, feature_pipeline(submission.features), len(SCHEMA.classes))
         if not 1 <= submission.num_rounds <= policy.rounds_max:
             raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
         check_train_config(TrainConfig(lr=submission.lr, local_epochs=submission.local_epochs,
                                        batch_size=submission.batch_size), policy)
+        return rehearse(submission.strategy, initial_arrays(submission), submission.train_config(),
+                        self.nodes, sends_train_loss=not policy.dp_enabled)
 
-    def open_run(self, submission: Submission, batch: str = "") -> Submission:
-        """Create the submission's MLflow run; return the submission with its id."""
+    def open_run(self, submission: Submission, batch: str = "", notices: list[str] = ()) -> Submission:
+        """Create the submission's MLflow run (with ``check``'s notices); return the submission
+        with its id."""
         run = self.client.create_run(
             self.experiment_id, run_name=f"{submission.contributor}-{submission.strategy_name}",
-            tags={Tag.CONTRIBUTOR: submission.contributor, Tag.BATCH: batch})
+            tags={Tag.CONTRIBUTOR: submission.contributor, Tag.BATCH: batch,
+                  **({Tag.NOTICE: "; ".join(notices)} if notices else {})})
         for key, value in {**submission.params(), "code_version": code_version()}.items():
             self.client.log_param(run.info.run_id, key, value)
         self.client.log_dict(run.info.run_id, submission.declaration(), Artifact.SUBMISSION)

@@ -8,7 +8,7 @@ import time
 
 def engine_processes() -> str:
     """Live engine processes (zombies are dead: they only wait for this VM's init to reap them)."""
-    pattern = "ray::|raylet|gcs_server|ClientAppActor|multiprocessing-fork"
+    pattern = "ray::|raylet|gcs_server|ClientAppActor|multiprocessing-fork|spawn_main"
     found = subprocess.run(["pgrep", "-a", "-f", pattern], capture_output=True, text=True)
     return "\n".join(line[:120] for line in found.stdout.splitlines()
                      if "pgrep" not in line and "<defunct>" not in line)

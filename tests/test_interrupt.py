@@ -1,4 +1,5 @@
-"""Stopping the demo half-way leaves no process behind."""
+"""Stopping a run or the demo half-way: it ends within seconds, its runs say KILLED, and no
+process is left behind."""
 
 from __future__ import annotations
 
@@ -6,25 +7,67 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+import pytest
+from mlflow.tracking import MlflowClient
 from processes import engine_processes_after
+
+EXPERIMENT = "cohortfl-leaderboard"
+
+
+def start(tmp_path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
+    return subprocess.Popen([sys.executable, "-m", "server.cli", *args, f"output_dir={tmp_path}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def interrupt_when(process: subprocess.Popen, line: str, signum: int) -> tuple[float, str]:
+    """Send ``signum`` to the command's process group (as a terminal's Ctrl-C does) once it has
+    printed ``line``; seconds until it exited, and what it printed."""
+    printed = []
+    try:
+        for text in process.stdout:
+            printed.append(text)
+            if line in text:
+                break
+        sent = time.monotonic()
+        os.killpg(process.pid, signum)
+        rest, _ = process.communicate(timeout=60)
+        return time.monotonic() - sent, "".join(printed) + rest
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def statuses(tmp_path) -> list[str]:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return [run.info.status for run in client.search_runs([experiment.experiment_id])]
+
+
+@pytest.fixture(autouse=True)
+def no_engine_before():
+    left = engine_processes_after(10)
+    assert left == "", f"another test left engine processes running: {left}"
+
+
+def test_one_ctrl_c_during_a_run_ends_it_within_seconds_marked_killed(tmp_path):
+    run = start(tmp_path, "run", "model=linear", "workspace.num_rounds=20", "workspace.parallel_runs=1")
+    seconds, printed = interrupt_when(run, "holdout out of the box recorded", signal.SIGINT)
+    assert run.returncode == 130, printed
+    assert seconds < 15, printed
+    assert "marked KILLED" in printed and "Traceback" not in printed
+    assert statuses(tmp_path) == ["KILLED"]
+    assert engine_processes_after(30) == ""
 
 
 def test_sigterm_during_the_demo_stops_its_runs_and_their_engines(tmp_path):
-    left = engine_processes_after(10)
-    assert left == "", f"another test left engine processes running: {left}"
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
-    demo = subprocess.Popen([sys.executable, "-m", "server.cli", "demo", f"output_dir={tmp_path}",
-                             "++pretrain.epochs=1"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for line in demo.stdout:  # wait until both parallel runs are under way
-            if "holdout out of the box recorded" in line:
-                break
-        demo.send_signal(signal.SIGTERM)
-        demo.wait(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-    assert demo.returncode != 0
+    demo = start(tmp_path, "demo", "++pretrain.epochs=1")
+    _, printed = interrupt_when(demo, "holdout out of the box recorded", signal.SIGTERM)
+    assert demo.returncode == 130, printed
+    found = statuses(tmp_path)
+    assert found and "RUNNING" not in found, found  # the runs that had not ended, KILLED
+    assert "KILLED" in found
     assert engine_processes_after(30) == ""

@@ -45,3 +45,24 @@ def test_the_board_says_plainly_when_the_node_trained_without_differential_priva
     exposed = replace(_row("r2", 0.80), epsilon=float("nan"), privacy=OFF_STATEMENT)
     lines = format_leaderboard([private, exposed]).splitlines()
     assert lines[2].endswith("2.50") and lines[3].endswith("DP OFF")
+
+
+def test_runs_without_a_final_score_are_listed_under_the_board_with_their_reason(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from contract.names import Tag
+    from server.leaderboard import format_unfinished, read_leaderboard, read_unfinished
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("board")
+    for who, status, why in (("ada", "FAILED", "only 0 of 3 rounds aggregated a reply"),
+                             ("bob", "KILLED", "interrupted (Ctrl-C or SIGTERM) before the run ended")):
+        run = client.create_run(experiment, tags={Tag.CONTRIBUTOR: who})
+        client.log_param(run.info.run_id, "strategy", "FedAvg")
+        client.set_tag(run.info.run_id, Tag.ERROR, why)
+        client.set_terminated(run.info.run_id, status)
+    assert read_leaderboard(uri, "board") == []
+    shown = format_unfinished(read_unfinished(uri, "board"))
+    assert "ada  FedAvg  FAILED" in shown and "only 0 of 3 rounds" in shown
+    assert "bob  FedAvg  KILLED" in shown and "interrupted" in shown

@@ -193,3 +193,15 @@ def test_a_contributor_whose_device_seconds_are_used_is_refused_before_the_round
         ledger.begin_round("ada", "run-1", 2, 5, 0, 10**18, budget_device_seconds=10.0)
     ledger.open_submission("bob", "run-2", 5)
     ledger.begin_round("bob", "run-2", 1, 5, 0, 10**18, budget_device_seconds=10.0)  # bob's own time
+
+
+def test_charges_list_each_submission_with_the_rounds_that_ran(ledger):
+    ledger.open_submission("ada", "run-1", limit=5)
+    for server_round in (1, 2):
+        ledger.begin_round("ada", "run-1", server_round, max_rounds=3, expected_flops=0, budget_flops=10**12)
+        ledger.finish_round("run-1", server_round, None, flops=1000, device_seconds=0.5)
+    ledger.open_submission("bob", "run-2", limit=5)
+    [ada, bob] = ledger.charges()
+    assert (ada.run_id, ada.rounds, ada.flops, ada.device_seconds) == ("run-1", 2, 2000, 1.0)
+    assert (bob.rounds, bob.flops, bob.phase) == (0, 0, "scored-out-of-the-box")
+    assert ledger.charges("bob") == [bob]

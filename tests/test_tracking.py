@@ -49,3 +49,22 @@ def test_cohortfl_run_on_an_unreachable_store_stops_before_the_engine(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "http://127.0.0.1:1 is not reachable" in done.stderr
     assert "round" not in done.stdout and time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_on_a_new_store_both_finish(tmp_path):
+    """Both would migrate the new SQLite schema and create the experiment, the node's secret and
+    the workspace's key at the same moment."""
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
+    runs = [subprocess.Popen([sys.executable, "-m", "server.cli", "run", "model=linear",
+                              f"contributor=c{i}", "workspace.num_rounds=1", f"output_dir={tmp_path}"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for i in range(2)]
+    printed = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], printed
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [experiment] = [e for e in client.search_experiments() if e.name == "cohortfl-leaderboard"]
+    assert sorted(r.info.status for r in client.search_runs([experiment.experiment_id])) == \
+        ["FINISHED", "FINISHED"]
