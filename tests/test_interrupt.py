@@ -71,3 +71,23 @@ def test_sigterm_during_the_demo_stops_its_runs_and_their_engines(tmp_path):
     assert found and "RUNNING" not in found, found  # the runs that had not ended, KILLED
     assert "KILLED" in found
     assert engine_processes_after(30) == ""
+
+
+@pytest.mark.slow
+def test_a_run_whose_node_process_dies_ends_failed_with_the_reason(tmp_path):
+    run = start(tmp_path, "run", "model=linear", "workspace.num_rounds=30")
+    printed = []
+    try:
+        for text in run.stdout:
+            printed.append(text)
+            if "holdout out of the box recorded" in text:
+                break
+        subprocess.run(["pkill", "-9", "-f", "ClientAppActor"], check=True)  # the node's process
+        rest, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 1, "".join(printed) + rest
+    assert statuses(tmp_path) == ["FAILED"]
+    assert "Not on the board" in rest and "ActorDiedError" in rest
+    assert engine_processes_after(30) == ""
