@@ -94,6 +94,7 @@ class Workspace:
         """
         opened, outcomes = [], []
         context = multiprocessing.get_context("spawn")  # each run its own engine and Ray
+        self.close_recorded()  # an earlier command's runs whose record arrived late
         try:
             for i, submission in enumerate(submissions):
                 opened.append(self.open_run(submission, batch, notices[i] if notices else ()))
@@ -119,6 +120,8 @@ class Workspace:
             closed = {o.submission.submission_id for o in outcomes}
             self.kill_runs([s for s in opened if s.submission_id not in closed])
             raise
+        with contextlib.suppress(Exception):  # the node delivers queued writes at its next message
+            self.close_recorded()
         return outcomes
 
     def close_or_say_why(self, submission: Submission, error: str) -> Outcome:
@@ -130,7 +133,7 @@ class Workspace:
             return Outcome(submission, ok=False, error=(
                 f"the MLflow store could not be reached to close run {submission.submission_id} "
                 f"({type(ex).__name__}); the node keeps its official record and writes it once the "
-                f"store answers; the run shows RUNNING until then"
+                f"store answers; the next cohortfl command on this store closes the run then"
                 + (f"; the run: {error}" if error else "")))
 
     def kill_runs(self, submissions: list[Submission]) -> None:
@@ -200,6 +203,18 @@ class Workspace:
             self.client.set_tag(submission.submission_id, Tag.ERROR, error[:5000])
         self.client.set_terminated(submission.submission_id, "FAILED" if error else "FINISHED")
         return Outcome(submission, ok=not error, error=error)
+
+    def close_recorded(self) -> list[str]:
+        """Close the runs left RUNNING because the store was unreachable when they ended, once the
+        node has delivered their whole record (its ``record_complete`` tag): FINISHED. Runs still
+        going carry no such tag, so a command running beside this one loses nothing."""
+        runs = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING' and "
+                                       f"tags.`{Tag.RECORD_COMPLETE}` = 'true'")
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, "FINISHED")
+            log.info("run %s closed: the node delivered its record after the store came back",
+                     run.info.run_id)
+        return [run.info.run_id for run in runs]
 
 
 def simulate(run_config: dict[str, object], node: NodeSettings, verbose: bool,

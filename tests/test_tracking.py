@@ -68,3 +68,23 @@ def test_two_runs_started_at_once_on_a_new_store_both_finish(tmp_path):
     [experiment] = [e for e in client.search_experiments() if e.name == "cohortfl-leaderboard"]
     assert sorted(r.info.status for r in client.search_runs([experiment.experiment_id])) == \
         ["FINISHED", "FINISHED"]
+
+
+def test_a_run_left_running_by_an_unreachable_store_is_closed_once_its_record_is_complete(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from runs import local_signer
+
+    from client.settings import NodeSettings
+    from contract.names import Tag
+    from server.workspace import Workspace
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    node = NodeSettings(data_path="", tracking_uri=uri, state_dir=str(tmp_path / "state"))
+    workspace = Workspace(node, "board", local_signer(tmp_path))
+    client = MlflowClient(uri)
+    late = client.create_run(workspace.experiment_id).info.run_id  # its record arrived late
+    going = client.create_run(workspace.experiment_id).info.run_id  # another command's, under way
+    client.set_tag(late, Tag.RECORD_COMPLETE, "true")
+    assert workspace.close_recorded() == [late]
+    assert client.get_run(late).info.status == "FINISHED"
+    assert client.get_run(going).info.status == "RUNNING"
