@@ -35,6 +35,10 @@ from contract.names import Moment
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-migration chatter
+# a tracking server that went away costs one short try per call, not minutes of MLflow's retries
+# (the node keeps what it could not write; the workspace says so)
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
@@ -187,7 +191,10 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
             print(f"{outcome.submission.contributor} failed: {outcome.error}", file=sys.stderr)
 
     print()
-    print(board(job.node.tracking_uri, job.workspace.experiment, batch))
+    try:
+        print(board(job.node.tracking_uri, job.workspace.experiment, batch))
+    except Exception as ex:  # the store went away during the runs: the outcomes above say so
+        print(f"(the leaderboard cannot be read now: {type(ex).__name__} from {job.node.tracking_uri})")
     print()
     wall = time.perf_counter() - started
     print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "

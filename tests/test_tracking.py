@@ -88,3 +88,82 @@ def test_a_run_left_running_by_an_unreachable_store_is_closed_once_its_record_is
     assert workspace.close_recorded() == [late]
     assert client.get_run(late).info.status == "FINISHED"
     assert client.get_run(going).info.status == "RUNNING"
+
+
+def _tracking_server(folder, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` (SQLite behind it), up when this returns."""
+    import urllib.request
+
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server", "--backend-store-uri",
+         f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("the tracking server did not start")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    import signal
+
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_stopped_mid_run_loses_nothing_and_the_next_run_closes_it(tmp_path):
+    """The store goes away after the out-of-the-box score: the run ends saying so (no traceback,
+    no hang), the node keeps its final record in its outbox, and once the store is back the next
+    command's node delivers it and the workspace closes the first run FINISHED."""
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    from client.ledger import NodeLedger
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
+    def command(rounds: int) -> list[str]:
+        return [sys.executable, "-m", "server.cli", "run", "model=linear", f"workspace.num_rounds={rounds}",
+                f"tracking.uri={uri}", f"output_dir={tmp_path}"]
+
+    server = _tracking_server(tmp_path, port)
+    try:
+        run = subprocess.Popen(command(8), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        printed = []
+        for line in run.stdout:
+            printed.append(line)
+            if "holdout out of the box recorded" in line:
+                _stop(server)
+                break
+        printed.append(run.communicate(timeout=300)[0])
+        shown = "".join(printed)
+        assert run.returncode == 1 and "Traceback" not in shown, shown
+        assert "the node keeps its official record" in shown
+        assert NodeLedger(tmp_path / "node-state" / "ledger.sqlite").queued_writes()  # kept
+        server = _tracking_server(tmp_path, port)
+        again = subprocess.run(command(1), cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert not NodeLedger(tmp_path / "node-state" / "ledger.sqlite").queued_writes()
+        client = MlflowClient(uri)
+        [experiment] = [e for e in client.search_experiments() if e.name == "cohortfl-leaderboard"]
+        runs = client.search_runs([experiment.experiment_id])
+        assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+        first = min(runs, key=lambda r: r.info.start_time)
+        assert "holdout_fine_tuned_macro_f1" in first.data.metrics  # the record the node kept
+    finally:
+        if server.poll() is None:
+            _stop(server)
