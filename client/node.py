@@ -302,7 +302,9 @@ class Node:
             flops=sum(r[2] for r in rounds), device_seconds=sum(r[3] for r in rounds),
             classes=self.cohort.classes, usage=self._usage_metrics(run, usage.submissions, usage.flops))
         try:  # the score is recorded; what follows explains it, and must not fail the run
-            record.write_comparisons(self._compare(predictions, run.submission_id))
+            comparisons = OfficialRecord(self.settings.tracking_uri, run.comparisons_run_id, self.ledger,
+                                         must_reach=False) if run.comparisons_run_id else record
+            comparisons.write_comparisons(self._compare(predictions, run.submission_id))
             groups = self._importance_groups(run)
             importances = self._importance(model, view, groups, run.submission_id)
             if not self.settings.policy.importance_per_feature:  # per feature: the foundation's only

@@ -71,6 +71,9 @@ def importance_metric(group: str) -> str:
 IMPORTANCE_PREFIX = "importance_"
 #: The leaderboard's sort key and headline score.
 LEADERBOARD_METRIC = holdout_metric(Moment.FINE_TUNED, "macro_f1")
+#: Fine-tuned minus out-of-the-box macro-F1, from the node's two official scores (the workspace
+#: derives it when it closes the run).
+GAIN_METRIC = "holdout_gain_macro_f1"
 
 
 class UsageMetric(StrEnum):

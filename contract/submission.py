@@ -49,6 +49,10 @@ class Submission:
         Base64 of an ``.npz`` of starting weights; empty: drawn from ``seed``.
     features : FeatureSpec
         The feature pipeline the node runs for the model (priors such as gene sets included).
+    comparisons_run_id : str
+        Where the node writes this run's paired comparisons with other runs: a run only the
+        foundation reads (they name other contributors' runs and give away their scores);
+        empty: the official run itself (the local engine's single-user store).
     """
 
     contributor: str
@@ -63,6 +67,7 @@ class Submission:
     strategy_source: str = ""
     initial_weights: str = ""
     features: FeatureSpec = FeatureSpec()
+    comparisons_run_id: str = ""
 
     @property
     def strategy_name(self) -> str:

@@ -10,6 +10,7 @@
     cohortfl workspace --dir D               the foundation's workspace (SuperLink, sandbox,
                                              MLflow server, intake)
     cohortfl credential NAME --dir D         issue a contributor's token
+    cohortfl publish --dir D --all           publish finished runs to every contributor
     cohortfl loopback --dir D                workspace + node on this machine, on loopback
     cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
     cohortfl exports [--contributor NAME]    the node's export ledger
@@ -93,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                            help="a node's public key (node-key.pub) to let in")
     workspace.add_argument("overrides", nargs="*", help="Hydra overrides of the run shape, e.g. "
                            "workspace.num_rounds=10")
+    publish = commands.add_parser("publish", help="the foundation: copy finished runs to the board "
+                                  "every contributor reads")
+    publish.add_argument("--dir", type=Path, required=True, help="the running workspace's folder")
+    which = publish.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every finished run not yet published")
+    which.add_argument("--contributor", help="one contributor's finished runs")
+    which.add_argument("--run", help="one run id")
     credential = commands.add_parser("credential", help="issue a contributor's token")
     credential.add_argument("contributor")
     credential.add_argument("--dir", type=Path, required=True, help="the workspace's folder")
@@ -109,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_exports(args.contributor, args.state_dir)
     if args.command == "policy":
         return print_policy(args.overrides)
+    if args.command == "publish":
+        return publish_runs(args.dir, args.contributor, args.run)
     if args.command in ("node", "workspace", "credential", "loopback"):
         return run_role(args)
     if args.command == "submit" and args.workspace:
@@ -199,7 +209,12 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     wall = time.perf_counter() - started
     print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "
           f"peak memory {memory.stop():.0f} MB (all processes together)")
-    print(f"MLflow UI:   mlflow ui --backend-store-uri {job.node.tracking_uri} --port 5000")
+    from server.leaderboard import board_link
+
+    ui = job.node.tracking_uri if job.node.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    if not job.node.tracking_uri.startswith("http"):
+        print(f"MLflow UI:   mlflow ui --backend-store-uri {job.node.tracking_uri} --port 5000, then")
+    print(f"the board:   {board_link(ui, workspace.experiment_id)}")
     print(f"Leaderboard: cohortfl leaderboard --tracking-uri {job.node.tracking_uri}")
     return 1 if failed else 0
 
@@ -254,6 +269,21 @@ def run_role(args: argparse.Namespace) -> int:
     except (NodeError, ValueError, RuntimeError, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
+
+
+def publish_runs(workspace_dir: Path, contributor: str | None, run_id: str | None) -> int:
+    """Publish finished runs on the running workspace's MLflow; print the copies' ids."""
+    from mlflow.exceptions import MlflowException
+
+    from server.embargo import publish_from
+
+    try:
+        copies = publish_from(workspace_dir, contributor, run_id)
+    except (ValueError, OSError, MlflowException) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    print(f"published {len(copies)} run(s)" + "".join(f"\n  {run}" for run in copies))
+    return 0
 
 
 def submit_remote(package: Path, url: str, ca: Path | None, token_file: Path | None) -> int:

@@ -8,7 +8,8 @@ It starts, and stops together:
 - the **fleet gate** (``server/gate.py``), the address nodes are given: TLS, Fleet API only;
 - the **ServerApp executor** (``server/sandbox.py``): every contributor ServerApp in a sandbox;
 - the **MLflow tracking server** (``server/tracking_server.py``: TLS, basic-auth, an account
-  per node), where the node writes the official record;
+  per node and per contributor), where the node writes the official record, each contributor
+  reads only their own runs until the foundation publishes them (``server/embargo.py``);
 - the **intake** (``server/intake_service.py``): contributors submit packages with their
   own credential over TLS; the workspace signs each run's grant and starts it.
 
@@ -41,6 +42,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.embargo import Board
 from server.gate import Gate, Upstream, fleet_gate
 from server.pki import ensure_tls, write_private
 from server.sandbox import SandboxLimits, ServerAppExecutor
@@ -103,6 +105,11 @@ class Layout:
     @property
     def credentials(self) -> Path:
         return self.secrets / "contributors.json"
+
+    @property
+    def tracking_file(self) -> Path:
+        """The running MLflow server's URI and experiment base, for the foundation's commands."""
+        return self.state / "tracking.json"
 
     @property
     def flwr_home(self) -> Path:
@@ -194,6 +201,7 @@ class WorkspaceService:
         self.link_port = free_port()
         self.mlflow_port = mlflow_port or free_port(host)
         self.tracking: TrackingServer | None = None
+        self.board: Board | None = None
         self.gates: list[Gate] = []
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
@@ -261,21 +269,16 @@ class WorkspaceService:
                                           layout.sandbox, logs, self.limits)
         self._thread(self.executor.serve_forever, self.stopping)
         self._wait_mlflow()
-        self.node_tracking_account = self._grant_node()
+        self.node_tracking_account = self.tracking.account("node")
+        self.board = Board(self.tracking_uri, self.experiment)
+        self.board.set_up()
+        layout.tracking_file.write_text(json.dumps({"uri": self.tracking_uri, "base": self.experiment}),
+                                        encoding="utf-8")  # for `cohortfl publish`
         release = stage_release(layout.state / "release")
         self.intake = IntakeServer(self, signer, release, cert, key)
         self._thread(self.intake.serve_forever)
         log.info("workspace up: fleet gate %s:%d, intake https://%s:%d, MLflow %s", self.host,
                  self.fleet_port, self.host, self.intake_port, self.tracking_uri)
-
-    def _grant_node(self) -> Path:
-        """The node's MLflow account, allowed to write to the experiment that holds official runs."""
-        from server.config import deployment_workspace
-
-        account = self.tracking.account("node")
-        workspace, _ = deployment_workspace(self.tracking_uri, self.experiment, None, self.overrides)
-        self.tracking.allow("node", workspace.experiment_id, "EDIT")
-        return account
 
     def restart_superlink(self) -> None:
         """(Re)start the SuperLink on its port and database, and wait until it answers."""

@@ -31,11 +31,12 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from contract.names import Tag
+from server.embargo import RESERVED
 from server.errors import PackageRefused
 from server.gate import drain_small_body
 from server.intake import ALLOWED_FILES, FILE_LIMITS, load_package
@@ -59,6 +60,9 @@ class Credentials:
         """A new token for ``contributor`` (replacing any earlier one); shown once, stored hashed."""
         if not contributor.replace("-", "").replace("_", "").isalnum() or len(contributor) > 64:
             raise ValueError("a contributor name is letters, digits, '-' and '_' (at most 64)")
+        if contributor in RESERVED:
+            raise ValueError(f"'{contributor}' is reserved for the workspace's own accounts and "
+                             f"experiments ({', '.join(sorted(RESERVED))})")
         token = secrets.token_urlsafe(32)
         digests = self._load()
         digests[contributor] = hashlib.sha256(token.encode()).hexdigest()
@@ -125,8 +129,9 @@ class IntakeServer(ThreadingHTTPServer):
         context.load_cert_chain(str(cert), str(key))
         self.socket = context.wrap_socket(self.socket, server_side=True)
 
-    def run_submission(self, contributor: str, data: bytes) -> tuple[int, dict]:
-        """Check and run one package; (HTTP status, JSON answer)."""
+    def run_submission(self, contributor: str, token: str, data: bytes) -> tuple[int, dict]:
+        """Check and run one package; (HTTP status, JSON answer). The contributor's MLflow
+        account is their name with ``token`` as password (``server/embargo.py``)."""
         from client.errors import NodeError
         from server.config import deployment_workspace
         from server.engine import run_on_superlink
@@ -134,8 +139,9 @@ class IntakeServer(ThreadingHTTPServer):
         with tempfile.TemporaryDirectory(prefix="cohortfl-intake-") as tmp:
             try:
                 read_package_zip(data, Path(tmp))
-                workspace, shape = deployment_workspace(self.service.tracking_uri, self.service.experiment,
-                                                        self.signer, self.service.overrides)
+                workspace, shape = deployment_workspace(
+                    self.service.tracking_uri, f"{self.service.experiment}/{contributor}", self.signer,
+                    self.service.overrides)
                 submission = load_package(Path(tmp), contributor, shape.local_epochs,
                                           shape.num_rounds, FILE_LIMITS["initial.npz"])
                 notices = workspace.check(submission)
@@ -143,11 +149,14 @@ class IntakeServer(ThreadingHTTPServer):
                 return 422, {"ok": False, "error": str(ex)}
         with self.running:
             try:
+                self.service.board.enrol(contributor, token)
                 submission = workspace.open_run(submission, notices=notices)
+                submission = replace(submission, comparisons_run_id=self.service.board.open_comparisons(
+                    submission.submission_id, contributor))
             except Exception:  # the MLflow store is down: nothing has started
                 log.exception("cannot open a run")
-                return 503, {"ok": False, "error": "the workspace's MLflow store is unreachable; "
-                                                   "nothing was started, submit again later"}
+                return 503, {"ok": False, "error": "the workspace's MLflow store did not take the run "
+                                                   "(unreachable?); nothing was started, submit again later"}
             log.info("submission %s of %s started", submission.submission_id, contributor)
             self.in_flight[submission.submission_id] = (workspace, submission)
             try:
@@ -228,7 +237,8 @@ class _IntakeHandler(BaseHTTPRequestHandler):
         if not 0 < length <= self.server.max_package_bytes:
             return self._answer(413, {"error": f"package-size: a package is at most "
                                                f"{self.server.max_package_bytes} bytes"})
-        status, answer = self.server.run_submission(contributor, self.rfile.read(length))
+        status, answer = self.server.run_submission(contributor, auth.removeprefix("Bearer ").strip(),
+                                                    self.rfile.read(length))
         self._answer(status, answer)
 
     def _answer(self, status: int, answer: dict) -> None:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from contract.names import (
+    GAIN_METRIC,
     IMPORTANCE_PREFIX,
     LEADERBOARD_METRIC,
     PAIRED_TAG_PREFIX,
@@ -213,3 +214,28 @@ def format_unfinished(rows: list[Unfinished], width: int = 160) -> str:
         head = f"  {row.contributor}  {row.strategy}  {row.status}  {row.run_id[:8]}: "
         lines.append(head + " ".join(row.reason.split())[:max(40, width - len(head))])
     return "\n".join(lines)
+
+
+#: What an analyst reads first on the experiment's page (MLflow shows it as the description).
+BOARD_DESCRIPTION = f"""**The cohortfl leaderboard.** One run per submission. Every score was computed and
+written by the foundation's node on its holdout; no contributor and no workspace process saw a record.
+
+- Sort by `{LEADERBOARD_METRIC}` (the fine-tuned macro-F1), in the *Model training* view.
+- `{GAIN_METRIC}`: fine-tuned minus out-of-the-box macro-F1 (the submitted model before any training).
+- `..._ci95_low` / `..._ci95_high`: 95% bootstrap intervals over the holdout's records. On a holdout of
+  about 128 records, runs whose intervals overlap are not told apart by this board.
+- `holdout_fine_tuned_recall_fast`: recall of the Fast class, the one the foundation cares most about.
+- `compute_pf`, `budget_compute_used_pf` / `budget_compute_pf`: the node's compute, in PFLOP.
+- Failed and killed runs carry their reason in the tag `cohortfl.error`.
+"""
+
+
+def describe_experiment(client, experiment_id: str, text: str = BOARD_DESCRIPTION) -> None:
+    """Set the experiment's description (MLflow's ``mlflow.note.content`` tag)."""
+    client.set_experiment_tag(experiment_id, "mlflow.note.content", text)
+
+
+def board_link(ui_base: str, experiment_id: str) -> str:
+    """The MLflow UI's training-runs view of the board, best fine-tuned macro-F1 first."""
+    return (f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&orderByKey=metrics.%60{LEADERBOARD_METRIC}%60&orderByAsc=false")

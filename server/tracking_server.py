@@ -8,7 +8,9 @@ an account sees only the experiments it was granted. The accounts:
   its password lives in ``secrets/`` and reaches MLflow's clients of this process
   through the environment, never a command line (``/proc/*/cmdline`` is world-readable);
 - one account per node, allowed to ``EDIT`` the experiments that hold official runs
-  (its credential file goes to the node's operator, who names it in ``node.yaml``).
+  (its credential file goes to the node's operator, who names it in ``node.yaml``);
+- one account per contributor (``server/embargo.py``), reading their own runs and the
+  published board.
 
 Contributors' ServerApps never hold an account and cannot reach the server
 (``server/sandbox.py``: no network but their own Runtime API).
@@ -54,7 +56,8 @@ class TrackingServer:
     """
 
     def __init__(self, secrets_dir: Path, state_dir: Path, host: str, port: int,
-                 ca: Path, cert: Path, key: Path) -> None:
+                 ca: Path, cert: Path, key: Path, default_permission: str = "NO_PERMISSIONS") -> None:
+        self.default_permission = default_permission  # MLflow ships READ: everyone reads everything
         self.secrets_dir, self.state_dir = secrets_dir, state_dir
         self.host, self.port, self.ca, self.cert, self.key = host, port, ca, cert, key
         self.process: subprocess.Popen | None = None
@@ -65,15 +68,13 @@ class TrackingServer:
 
     def admin_environment(self) -> dict[str, str]:
         """What this process's MLflow clients need to act as the workspace."""
-        return {"MLFLOW_TRACKING_USERNAME": ADMIN,
-                "MLFLOW_TRACKING_PASSWORD": _secret(self.secrets_dir / "mlflow-admin-password"),
-                "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.ca)}
+        return admin_environment(self.secrets_dir, self.ca)
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         """The server's command line and the variables it adds to the environment."""
         config = self.state_dir / "mlflow-auth.ini"
         config.write_text(
-            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"[mlflow]\ndefault_permission = {self.default_permission}\n"
             f"database_uri = sqlite:///{self.state_dir / 'mlflow-auth.db'}\n"
             f"admin_username = {ADMIN}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
@@ -102,21 +103,19 @@ class TrackingServer:
             write_private(path, json.dumps({"username": name, "password": password}).encode())
         return path
 
-    def allow(self, user: str, experiment_id: str, permission: str) -> None:
-        """Grant ``user`` READ, EDIT, ... on one experiment (or change what it had)."""
-        from mlflow.exceptions import MlflowException
-        from mlflow.server import get_app_client
 
-        auth = get_app_client("basic-auth", tracking_uri=self.uri)
-        try:
-            auth.grant_user_permission(user, "experiment", experiment_id, permission)
-        except MlflowException as ex:
-            if "RESOURCE_ALREADY_EXISTS" not in str(ex):
-                raise
-            auth.revoke_user_permission(user, "experiment", experiment_id)
-            auth.grant_user_permission(user, "experiment", experiment_id, permission)
+def admin_environment(secrets_dir: Path, ca: Path) -> dict[str, str]:
+    """The variables that make MLflow's clients act as the workspace's admin, trusting its CA."""
+    return {"MLFLOW_TRACKING_USERNAME": ADMIN,
+            "MLFLOW_TRACKING_PASSWORD": _secret(secrets_dir / "mlflow-admin-password"),
+            "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca)}
 
 
 def use_as_admin(server: TrackingServer) -> None:
     """Make this process's MLflow clients act as the workspace's admin (see the module's note)."""
     os.environ.update(server.admin_environment())
+
+
+def use_admin_files(secrets_dir: Path, ca: Path) -> None:
+    """The same, for a foundation's command beside a running workspace (``cohortfl publish``)."""
+    os.environ.update(admin_environment(secrets_dir, ca))

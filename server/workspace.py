@@ -28,10 +28,11 @@ from client.errors import PolicyViolation
 from client.policy import check_model, check_train_config, feature_pipeline
 from client.settings import NodeSettings
 from client.training import TrainConfig
-from contract.names import Artifact, Moment, Tag, holdout_metric
+from contract.names import GAIN_METRIC, Artifact, Moment, Tag, holdout_metric
 from contract.schema import SCHEMA
 from contract.submission import Submission
 from server.app import Progress
+from server.leaderboard import describe_experiment
 from server.signing import WorkspaceSigner
 from server.tracking import first_use_lock
 
@@ -80,6 +81,8 @@ class Workspace:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=artifact_dir.resolve().as_uri() if artifact_dir else None)
+            if not found:
+                describe_experiment(self.client, self.experiment_id)
 
     def submit_all(self, submissions: list[Submission], batch: str = "", parallel: int = 1,
                    progress: Callable[[Submission], Progress] | None = None,
@@ -178,11 +181,18 @@ class Workspace:
     def open_run(self, submission: Submission, batch: str = "", notices: list[str] = ()) -> Submission:
         """Create the submission's MLflow run (with ``check``'s notices); return the submission
         with its id."""
+        version = code_version()
         run = self.client.create_run(
-            self.experiment_id, run_name=f"{submission.contributor}-{submission.strategy_name}",
-            tags={Tag.CONTRIBUTOR: submission.contributor, Tag.BATCH: batch,
-                  **({Tag.NOTICE: "; ".join(notices)} if notices else {})})
-        for key, value in {**submission.params(), "code_version": code_version()}.items():
+            self.experiment_id, tags={
+                Tag.CONTRIBUTOR: submission.contributor, Tag.BATCH: batch,
+                "mlflow.user": submission.contributor, "mlflow.source.type": "PROJECT",
+                "mlflow.source.name": "cohortfl", "mlflow.source.git.commit": version.rpartition("+g")[2]
+                if "+g" in version else version,
+                **({Tag.NOTICE: "; ".join(notices)} if notices else {})})
+        # unique and readable: who, how, which run
+        self.client.update_run(run.info.run_id, name=f"{submission.contributor}-{submission.strategy_name}-"
+                                                     f"{run.info.run_id[:6]}")
+        for key, value in {**submission.params(), "code_version": version}.items():
             self.client.log_param(run.info.run_id, key, value)
         self.client.log_dict(run.info.run_id, submission.declaration(), Artifact.SUBMISSION)
         return replace(submission, submission_id=run.info.run_id)
@@ -197,8 +207,12 @@ class Workspace:
         A run without the node's final holdout score failed, whatever the engine said.
         """
         recorded = self.client.get_run(submission.submission_id).data.metrics
-        if not error and not {holdout_metric(m, "macro_f1") for m in Moment} <= set(recorded):
-            error = "the node did not record both holdout scores"
+        scores = [recorded.get(holdout_metric(moment, "macro_f1"))
+                  for moment in (Moment.OUT_OF_THE_BOX, Moment.FINE_TUNED)]
+        if None in scores:
+            error = error or "the node did not record both holdout scores"
+        else:
+            self.client.log_metric(submission.submission_id, GAIN_METRIC, scores[1] - scores[0])
         if error:
             self.client.set_tag(submission.submission_id, Tag.ERROR, error[:5000])
         self.client.set_terminated(submission.submission_id, "FAILED" if error else "FINISHED")

@@ -36,6 +36,7 @@ ROUNDS = 3
 WALL_SECONDS = 120.0
 REPLY_SECONDS = 30.0
 CONTRIBUTORS = ("alice", "bob", "carol", "dave", "erin")
+FINISHED_RUNS: dict[str, str] = {}  # contributor -> a finished run of theirs, for later tests
 
 try:
     check_sandbox_possible()
@@ -119,7 +120,44 @@ def test_an_honest_submission_runs_end_to_end_and_the_node_records_it(deployment
     assert run.data.tags["cohortfl.contributor"] == "alice"
     assert run.data.metrics["rounds_trained"] == ROUNDS
     assert {"holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1"} <= set(run.data.metrics)
+    FINISHED_RUNS["alice"] = answer["submission_id"]
     print(f"{ROUNDS}-round submission end to end: {seconds:.1f} s")
+
+
+def test_each_contributor_reads_only_their_own_results_until_the_foundation_publishes(deployment):
+    """MLflow's own access control: alice (her name, her token) reads her run and gets 403 on bob's
+    and on the comparisons that name her run; after `cohortfl publish --all` she reads both on the
+    published board, and bob's own run stays closed to her."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from contract.names import PAIRED_TAG_PREFIX
+
+    answer = submit(deployment, package(deployment.root / "bob-honest"), "bob")
+    assert answer["ok"], answer
+    alices, bobs = FINISHED_RUNS["alice"], answer["submission_id"]
+    comparisons = MlflowClient(deployment.workspace.tracking_uri).search_runs(
+        [deployment.workspace.board.experiment("foundation")], f"tags.`cohortfl.published_from` = '{bobs}'")
+    assert any(k == f"{PAIRED_TAG_PREFIX}{alices}" for k in comparisons[0].data.tags)  # the foundation's
+    assert not any(k.startswith(PAIRED_TAG_PREFIX) for k in mlflow_run(deployment, bobs).data.tags)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+        env.setenv("MLFLOW_TRACKING_PASSWORD", deployment.tokens["alice"].read_text().strip())
+        alice = MlflowClient(deployment.workspace.tracking_uri)
+        assert "holdout_fine_tuned_macro_f1" in alice.get_run(alices).data.metrics
+        for private in (bobs, comparisons[0].info.run_id):
+            with pytest.raises(MlflowException, match="PERMISSION_DENIED|403"):
+                alice.get_run(private)
+        published = alice.get_experiment_by_name("cohortfl/published").experiment_id
+        assert not alice.search_runs([published])  # nothing published yet
+        done = subprocess.run([sys.executable, "-m", "server.cli", "publish", "--dir",
+                               str(deployment.workspace.layout.root), "--all"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        board = {r.data.tags["cohortfl.published_from"] for r in alice.search_runs([published])}
+        assert {alices, bobs} <= board
+        with pytest.raises(MlflowException, match="PERMISSION_DENIED|403"):
+            alice.get_run(bobs)
 
 
 def test_the_control_and_runtime_apis_are_not_served_to_nodes_or_outsiders(deployment):

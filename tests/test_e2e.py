@@ -69,6 +69,22 @@ def test_the_run_holds_params_scores_series_compute_and_figure(finished_run):
     assert "holdout_confusion_matrix.png" in artifacts
 
 
+
+def test_the_run_reads_as_a_board_entry(finished_run):
+    """The gain is a metric, the name says who, how and which run, MLflow's own tags say who and
+    what code, the experiment says how to read it, and the printed link sorts by the board's score."""
+    uri, run, _, stdout = finished_run
+    metrics = run.data.metrics
+    assert metrics["holdout_gain_macro_f1"] == pytest.approx(
+        metrics["holdout_fine_tuned_macro_f1"] - metrics["holdout_out_of_the_box_macro_f1"])
+    assert run.info.run_name == f"alice-FedAvg-{run.info.run_id[:6]}"
+    assert run.data.tags["mlflow.user"] == "alice" and run.data.tags["mlflow.source.git.commit"]
+    experiment = MlflowClient(uri).get_experiment(run.info.experiment_id)
+    assert "holdout_fine_tuned_macro_f1" in experiment.tags["mlflow.note.content"]
+    assert (f"#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+            "&orderByKey=metrics.%60holdout_fine_tuned_macro_f1%60&orderByAsc=false") in stdout
+
+
 def test_no_cohort_rows_reach_mlflow(finished_run):
     uri, run, tmp, _ = finished_run
     client = MlflowClient(uri)
