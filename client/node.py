@@ -19,7 +19,6 @@ from torch import nn
 
 from client.cohort import load_cohort, split_cohort
 from client.errors import PolicyViolation, ReplyRefused
-from client.files import create_once
 from client.holdout import (
     HoldoutScores,
     bootstrap_intervals,
@@ -41,6 +40,7 @@ from client.privacy import round_entry, train_local_dp
 from client.record import OfficialRecord, deliver_queued
 from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
+from contract.files import create_once
 from contract.names import HOLDOUT_REPLY_KEYS, TRAIN_REPLY_KEYS, ReplyKey, UsageMetric
 from contract.submission import Submission
 from contract.values import PairedDifference

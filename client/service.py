@@ -47,9 +47,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client.app import build_client_app
 from client.errors import NodeError
 from client.executor import NodeExecutor
-from client.files import create_once, write_whole
 from client.node import Node, check_cohort
 from client.settings import NodeSettings
+from contract.files import create_once, write_whole
 from contract.names import MLFLOW_ACCOUNT_VARIABLES
 
 log = logging.getLogger("cohortfl.node")

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.files import create_once, write_whole
+from contract.files import create_once, write_whole
 from contract.grant import GRANT_KEY, RunGrant, config_digest, sign
 
 

@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import stat
 
-from client.files import create_once
+from contract.files import create_once
 
 
 def _race(path: str, start, results) -> None:

@@ -1,4 +1,5 @@
-"""Secrets created once, safely when several processes start at the same moment."""
+"""Secrets created once, safely when several processes start at the same moment: the node's
+secret and keys and the workspace's signing key (both sides use it, so it lives in ``contract``)."""
 
 from __future__ import annotations
 
