@@ -14,8 +14,7 @@ from omegaconf import OmegaConf
 
 from client.errors import NodeError
 from client.policy import NodePolicy
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from conf import CONF_DIR
 
 
 @dataclass(frozen=True)

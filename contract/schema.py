@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from contract.names import REPORTED_CLASS
 from models.pipeline import FeaturePipeline, FeatureSpec
 
 GENE_COLUMNS: tuple[str, ...] = tuple(f"gene_{i}" for i in range(200))
@@ -20,7 +21,6 @@ ID_COLUMN = "patient_id"
 LABEL_COLUMN = "progression"
 CLASSES: tuple[str, ...] = ("Slow", "Medium", "Fast")
 #: The class whose recall is reported beside macro-F1 (the foundation's clinical priority).
-REPORTED_CLASS = "Fast"
 
 
 @dataclass(frozen=True)

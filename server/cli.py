@@ -1,6 +1,7 @@
 """The ``cohortfl`` command: demo, run, submit, leaderboard, exports, policy.
 
     cohortfl demo [HYDRA_OVERRIDE ...]       the pilot's submissions on a synthetic cohort
+    cohortfl new DIR                         an example submission package to start from
     cohortfl run [HYDRA_OVERRIDE ...]        one submission (conf/config.yaml)
     cohortfl submit PACKAGE --contributor NAME [HYDRA_OVERRIDE ...]
                                              a contributor's package, simulated locally
@@ -48,11 +49,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cohortfl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cohortfl`` console script."""
     signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(prog="cohortfl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cohortfl {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("demo", "run the pilot's submissions on the embedded defaults"),
                        ("run", "run one submission")):
@@ -69,11 +80,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     submit.add_argument("overrides", nargs="*", help="Hydra overrides of the workspace, e.g. "
                         "workspace.num_rounds=10")
     submit.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
+    new = commands.add_parser("new", help="write an example submission package that runs")
+    new.add_argument("folder", type=Path, help="a new (or empty) folder")
     board = commands.add_parser("leaderboard", help="print the leaderboard from an MLflow store")
     board.add_argument("--tracking-uri", default=None,
                        help="MLflow store (default: sqlite:///cohortfl-demo/mlflow.db)")
     board.add_argument("--experiment", default=None, help="experiment (default: from conf)")
     board.add_argument("--batch", default=None, help="only the submissions of one demo batch")
+    board.add_argument("--format", choices=("text", "csv", "json"), default="text",
+                       help="text (the table and the runs not on it), or the board's rows as csv or json")
+    budget = commands.add_parser("budget", help="a contributor's budgets: submissions, compute and "
+                                 "privacy used and left")
+    budget.add_argument("--contributor", required=True)
+    budget.add_argument("--tracking-uri", default=None, help="MLflow store (default: from conf)")
+    budget.add_argument("--experiment", default=None, help="experiment (default: from conf; on a "
+                        "workspace: cohortfl/<your name>)")
     exports = commands.add_parser("exports", help="print the node's export ledger: what left, for whom")
     exports.add_argument("--contributor", default=None, help="only this contributor's replies")
     exports.add_argument("--state-dir", default=None,
@@ -111,12 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "budget":
+        return print_budget(args.contributor, args.tracking_uri, args.experiment)
     if args.command == "leaderboard":
-        return leaderboard(args.tracking_uri, args.experiment, args.batch)
+        return leaderboard(args.tracking_uri, args.experiment, args.batch, args.format)
     if args.command == "exports":
         return print_exports(args.contributor, args.state_dir)
     if args.command == "policy":
         return print_policy(args.overrides)
+    if args.command == "new":
+        return new_package(args.folder)
     if args.command == "publish":
         return publish_runs(args.dir, args.contributor, args.run)
     if args.command in ("node", "workspace", "credential", "loopback"):
@@ -271,6 +296,22 @@ def run_role(args: argparse.Namespace) -> int:
         return 2
 
 
+def new_package(folder: Path) -> int:
+    """Write the example package and say how to run it."""
+    from server.scaffold import write_package
+
+    try:
+        written = write_package(folder)
+    except OSError as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(str(p) for p in written))
+    print(f"try it on the local engine (synthetic cohort):\n  cohortfl submit {folder} "
+          f"--contributor YOUR_NAME\nthen send it to the foundation's workspace:\n  cohortfl submit "
+          f"{folder} --workspace URL --ca ca.crt --token-file YOUR.token")
+    return 0
+
+
 def publish_runs(workspace_dir: Path, contributor: str | None, run_id: str | None) -> int:
     """Publish finished runs on the running workspace's MLflow; print the copies' ids."""
     from mlflow.exceptions import MlflowException
@@ -321,22 +362,66 @@ def write_synthetic_cohort(path: Path, seed: int) -> None:
     print(f"synthetic cohort: {len(table)} records, {table.shape[1] - 2} features -> {path}")
 
 
-def leaderboard(tracking_uri: str | None, experiment: str | None, batch: str | None) -> int:
-    """Print the leaderboard of an MLflow store."""
-    from server.config import compose_config
-    from server.config import tracking_uri as default_uri
+def leaderboard(tracking_uri: str | None, experiment: str | None, batch: str | None,
+                form: str = "text") -> int:
+    """Print the leaderboard of an MLflow store (it never creates one, and imports no engine)."""
     from server.errors import LeaderboardError, TrackingStoreError
+    from server.hydra_config import compose_config
+    from server.hydra_config import tracking_uri as default_uri
+    from server.tracking import check_tracking_uri
+
+    cfg = compose_config()
+    uri = tracking_uri or default_uri(cfg)
+    experiment = experiment or str(cfg.tracking.experiment)
+    try:
+        check_tracking_uri(uri, must_exist=True)  # reading a board never creates a store
+        if form == "text":
+            print(board(uri, experiment, batch))
+        else:
+            print_records(uri, experiment, batch, form)
+    except (LeaderboardError, TrackingStoreError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def print_budget(contributor: str, tracking_uri: str | None, experiment: str | None) -> int:
+    """A contributor's budgets, as the node recorded them on their latest run."""
+    from server.errors import LeaderboardError, TrackingStoreError
+    from server.hydra_config import compose_config
+    from server.hydra_config import tracking_uri as default_uri
+    from server.leaderboard import format_budget, read_budget
     from server.tracking import check_tracking_uri
 
     cfg = compose_config()
     uri = tracking_uri or default_uri(cfg)
     try:
-        check_tracking_uri(uri, must_exist=True)  # reading a board never creates a store
-        print(board(uri, experiment or str(cfg.tracking.experiment), batch))
+        check_tracking_uri(uri, must_exist=True)
+        budget = read_budget(uri, experiment or str(cfg.tracking.experiment), contributor)
     except (LeaderboardError, TrackingStoreError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
+    if budget is None:
+        print(f"{contributor} has no run here yet: every budget is whole (`cohortfl policy` shows them)")
+        return 0
+    print(format_budget(contributor, budget))
     return 0
+
+
+def print_records(uri: str, experiment: str, batch: str | None, form: str) -> None:
+    """The board's rows as csv or json on standard output."""
+    import csv
+    import json
+
+    from server.leaderboard import as_records, read_leaderboard
+
+    records = as_records(read_leaderboard(uri, experiment, batch))
+    if form == "json":
+        print(json.dumps(records, indent=1))
+    elif records:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
 
 
 def board(uri: str, experiment: str, batch: str | None) -> str:

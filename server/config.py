@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from client.settings import CONF_DIR, NodeSettings, policy_from_mapping
+from client.settings import NodeSettings, policy_from_mapping
 from contract.submission import Submission
 from models import ModelSpec
 from models.pipeline import FeatureSpec
+from server.hydra_config import compose_config, output_dir, tracking_uri
 from synthetic.pretraining import Pretraining
 
-# ``${json_file:path}`` reads a contributor's prior (e.g. gene sets) when a config names it;
-# ``${conf_dir:}`` is this project's conf/ folder.
-for _name, _resolver in (("json_file", lambda path: json.loads(Path(path).read_text())),
-                         ("conf_dir", lambda: str(CONF_DIR))):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _resolver)
-
-
-def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``conf/config.yaml`` with Hydra overrides (no ``@hydra.main``)."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=list(overrides))
-
+__all__ = ["compose_config", "output_dir", "tracking_uri"]  # read from here by the commands too
 
 @dataclass(frozen=True)
 class Entry:
@@ -60,21 +47,9 @@ def entry_from_config(cfg: DictConfig) -> Entry:
     return Entry(submission, Pretraining(**pretrain) if enabled else None)
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    """The MLflow store: the configured URI, or a SQLite file in ``output_dir``."""
-    if cfg.tracking.uri:
-        return str(cfg.tracking.uri)
-    return f"sqlite:///{output_dir(cfg) / 'mlflow.db'}"
-
-
 def signing_key_path(cfg: DictConfig) -> Path:
     """The workspace's private signing key; the local node trusts its ``.pub`` beside it."""
     return output_dir(cfg) / "workspace" / "grant-key.pem"
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    """The absolute output directory (relative paths are taken from the working directory)."""
-    return Path(str(cfg.output_dir)).expanduser().resolve()
 
 
 def node_settings(cfg: DictConfig) -> NodeSettings:

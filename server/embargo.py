@@ -44,6 +44,8 @@ DESCRIPTIONS = {
 }
 #: A published copy names the run it copies (in the contributor's own experiment).
 PUBLISHED_FROM = "cohortfl.published_from"
+#: A comparisons run names the official run whose comparisons it holds.
+COMPARES = "cohortfl.official_run"
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Board:
     def open_comparisons(self, official_run_id: str, contributor: str) -> str:
         """A run in the foundation's experiment for the node's paired comparisons of one run."""
         run = self._client().create_run(self.experiment(FOUNDATION), run_name=f"{contributor}-comparisons",
-                                        tags={PUBLISHED_FROM: official_run_id, Tag.CONTRIBUTOR: contributor})
+                                        tags={COMPARES: official_run_id, Tag.CONTRIBUTOR: contributor})
         return run.info.run_id
 
     def publish(self, contributor: str | None = None, run_id: str | None = None) -> list[str]:
@@ -122,27 +124,25 @@ class Board:
         is skipped. Returns the ids of the new copies."""
         client = self._client()
         published = self.experiment(PUBLISHED)
-        done = {run.data.tags.get(PUBLISHED_FROM) for run in client.search_runs([published])}
+        done = {run.data.tags.get(PUBLISHED_FROM) for run in _every_run(client, [published])}
+        own = {e.experiment_id for e in client.search_experiments(max_results=50000)
+               if e.name.startswith(f"{self.base}/")
+               and e.name.removeprefix(f"{self.base}/") not in (FOUNDATION, PUBLISHED)}
         if run_id:
             sources = [client.get_run(run_id)]
+            if sources[0].info.experiment_id not in own:
+                raise ValueError(f"run {run_id} is not an official run of a contributor of this workspace")
         else:
-            experiments = [self.experiment(contributor)] if contributor else [
-                e.experiment_id for e in client.search_experiments()
-                if e.name.startswith(f"{self.base}/") and e.name.removeprefix(f"{self.base}/")
-                not in (FOUNDATION, PUBLISHED)]
-            sources = client.search_runs(experiments, "attributes.status = 'FINISHED'") if experiments else []
-        copies = []
-        for source in sources:
-            if source.info.run_id in done or source.info.status != "FINISHED":
-                continue
-            copies.append(self._copy(client, source, published))
-        return copies
+            experiments = [self.experiment(contributor)] if contributor else sorted(own)
+            sources = _every_run(client, experiments, "attributes.status = 'FINISHED'")
+        return [self._copy(client, source, published) for source in sources
+                if source.info.run_id not in done and source.info.status == "FINISHED"]
 
     def _copy(self, client, source, experiment: str) -> str:
         from mlflow.entities import Metric, Param
 
         tags = {k: v for k, v in source.data.tags.items()
-                if not k.startswith((PAIRED_TAG_PREFIX, "mlflow."))}
+                if not k.startswith(PAIRED_TAG_PREFIX) and k != "mlflow.runName"}
         copy = client.create_run(experiment, run_name=source.info.run_name,
                                  tags={**tags, PUBLISHED_FROM: source.info.run_id})
         run_id = copy.info.run_id
@@ -159,6 +159,18 @@ class Board:
         client.set_terminated(run_id, "FINISHED")
         log.info("published %s as %s", source.info.run_id, run_id)
         return run_id
+
+
+def _every_run(client, experiments: list[str], query: str = "") -> list:
+    """Every run of ``experiments`` matching ``query``, every page of them."""
+    runs, token = [], None
+    while experiments:
+        page = client.search_runs(experiments, query, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    return runs
 
 
 def _grant(auth, user: str, experiment: str, permission: str) -> None:

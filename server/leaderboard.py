@@ -11,13 +11,13 @@ from contract.names import (
     IMPORTANCE_PREFIX,
     LEADERBOARD_METRIC,
     PAIRED_TAG_PREFIX,
+    REPORTED_CLASS,
     Moment,
     Tag,
     UsageMetric,
     holdout_metric,
     interval_metrics,
 )
-from contract.schema import REPORTED_CLASS
 from contract.values import PairedDifference
 from server.errors import LeaderboardError
 
@@ -239,3 +239,60 @@ def board_link(ui_base: str, experiment_id: str) -> str:
     """The MLflow UI's training-runs view of the board, best fine-tuned macro-F1 first."""
     return (f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
             f"&orderByKey=metrics.%60{LEADERBOARD_METRIC}%60&orderByAsc=false")
+
+
+def as_records(rows: list[Row]) -> list[dict[str, object]]:
+    """The board as flat records (``--format csv|json``): one per run, intervals as two columns."""
+    records = []
+    for row in rows:
+        record: dict[str, object] = {"contributor": row.contributor, "strategy": row.strategy,
+                                     "model": row.model, "run_id": row.run_id}
+        for name, (value, (low, high)) in (
+                ("out_of_the_box_macro_f1", (row.out_of_the_box, row.out_of_the_box_ci95)),
+                ("fine_tuned_macro_f1", (row.fine_tuned, row.fine_tuned_ci95)),
+                (f"{REPORTED_CLASS.lower()}_recall", (row.reported_recall, row.reported_recall_ci95))):
+            record.update({name: value, f"{name}_ci95_low": low, f"{name}_ci95_high": high})
+        record.update({"gain_macro_f1": row.gain, "top_feature_group": row.top_group,
+                       "compute_pf": row.compute_pf, "budget_used_pf": row.budget_used_pf,
+                       "budget_pf": row.budget_pf, "submissions_used": row.submissions_used,
+                       "submissions_limit": row.submissions_limit, "exported_bytes": row.exported_bytes,
+                       "privacy": _privacy(row)})
+        records.append({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                        for k, v in record.items()})
+    return records
+
+
+def read_budget(tracking_uri: str, experiment: str, contributor: str) -> dict[str, float] | None:
+    """A contributor's budgets as the node recorded them on their latest run (submissions, compute,
+    privacy: used and limit); None if they have no run in ``experiment``."""
+    runs = _search(tracking_uri, experiment, None, f"tags.`{Tag.CONTRIBUTOR}` = '{_quoted(contributor)}'",
+                   "attributes.start_time DESC")
+    names = (UsageMetric.BUDGET_SUBMISSIONS_USED, UsageMetric.BUDGET_SUBMISSIONS_LIMIT,
+             UsageMetric.BUDGET_COMPUTE_USED_PF, UsageMetric.BUDGET_COMPUTE_PF,
+             UsageMetric.PRIVACY_EPSILON, UsageMetric.PRIVACY_EPSILON_BUDGET)
+    for run in runs:  # the newest run the node has written its usage to
+        if UsageMetric.BUDGET_SUBMISSIONS_USED in run.data.metrics:
+            return {str(name): run.data.metrics.get(name, math.nan) for name in names}
+    return None
+
+
+def format_budget(contributor: str, budget: dict[str, float]) -> str:
+    """What is used and what is left, one line per budget."""
+    lines = [f"{contributor}'s budgets on the node (as of their latest run):"]
+    for label, used, limit, unit in (
+            ("submissions", UsageMetric.BUDGET_SUBMISSIONS_USED, UsageMetric.BUDGET_SUBMISSIONS_LIMIT, ""),
+            ("compute", UsageMetric.BUDGET_COMPUTE_USED_PF, UsageMetric.BUDGET_COMPUTE_PF, " PF"),
+            ("privacy (epsilon)", UsageMetric.PRIVACY_EPSILON, UsageMetric.PRIVACY_EPSILON_BUDGET, "")):
+        spent, total = budget[str(used)], budget[str(limit)]
+        if math.isnan(total):
+            lines.append(f"  {label:18} not metered (differential privacy is off)" if "privacy" in label
+                         else f"  {label:18} -")
+            continue
+        lines.append(f"  {label:18} {spent:.4g} of {total:g}{unit} used, {max(total - spent, 0):.4g} left")
+    return "\n".join(lines)
+
+
+def _quoted(text: str) -> str:
+    if not re.fullmatch(r"[\w.-]+", text):
+        raise LeaderboardError("a contributor name holds only letters, digits, '.', '_' and '-'")
+    return text

@@ -137,7 +137,7 @@ def test_each_contributor_reads_only_their_own_results_until_the_foundation_publ
     assert answer["ok"], answer
     alices, bobs = FINISHED_RUNS["alice"], answer["submission_id"]
     comparisons = MlflowClient(deployment.workspace.tracking_uri).search_runs(
-        [deployment.workspace.board.experiment("foundation")], f"tags.`cohortfl.published_from` = '{bobs}'")
+        [deployment.workspace.board.experiment("foundation")], f"tags.`cohortfl.official_run` = '{bobs}'")
     assert any(k == f"{PAIRED_TAG_PREFIX}{alices}" for k in comparisons[0].data.tags)  # the foundation's
     assert not any(k.startswith(PAIRED_TAG_PREFIX) for k in mlflow_run(deployment, bobs).data.tags)
     with pytest.MonkeyPatch.context() as env:

@@ -112,6 +112,27 @@ def test_leaderboard_command_reads_the_store(finished_run):
     assert f"{run.data.metrics['holdout_fine_tuned_macro_f1']:.3f}" in row
 
 
+def test_leaderboard_as_csv_or_json_and_without_importing_an_engine(finished_run):
+    uri, run, tmp, _ = finished_run
+    shown = cohortfl("leaderboard", "--tracking-uri", uri, "--format", "json", cwd=tmp)
+    [record] = json.loads(shown.stdout)
+    assert record["run_id"] == run.info.run_id and record["contributor"] == "alice"
+    assert record["fine_tuned_macro_f1"] == run.data.metrics["holdout_fine_tuned_macro_f1"]
+    assert record["fine_tuned_macro_f1_ci95_low"] < record["fine_tuned_macro_f1"]
+    rows = cohortfl("leaderboard", "--tracking-uri", uri, "--format", "csv", cwd=tmp).stdout.splitlines()
+    assert rows[0].startswith("contributor,strategy,model,run_id") and len(rows) == 2
+    probe = subprocess.run([sys.executable, "-c", "import sys; from server.cli import main; "
+                            f"main(['leaderboard', '--tracking-uri', '{uri}']); "
+                            "print('loaded', 'torch' in sys.modules, 'flwr' in sys.modules)"],
+                           cwd=tmp, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip().endswith("loaded False False"), probe.stdout[-500:] + probe.stderr
+    budget = cohortfl("budget", "--contributor", "alice", "--tracking-uri", uri, cwd=tmp)
+    assert "submissions        1 of 5 used, 4 left" in budget.stdout, budget.stdout + budget.stderr
+    assert "privacy (epsilon)" in budget.stdout
+    version = cohortfl("--version", cwd=tmp)
+    assert version.returncode == 0 and version.stdout.startswith("cohortfl ")
+
+
 def test_leaderboard_on_a_store_that_does_not_exist_says_so_and_creates_none(tmp_path):
     shown = cohortfl("leaderboard", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db", cwd=tmp_path)
     assert shown.returncode == 2 and "no MLflow store" in shown.stderr
@@ -203,3 +224,17 @@ def test_the_official_run_shows_budget_and_submissions(finished_run):
     assert metrics["budget_submissions_used"] == 1 and metrics["budget_submissions_limit"] == 5
     assert metrics["budget_compute_pf"] == 100.0
     assert metrics["budget_compute_used_pf"] == metrics["compute_pf"]
+
+
+def test_the_scaffold_writes_a_package_that_runs_and_reaches_the_board(tmp_path):
+    """`cohortfl new` as the README tells a newcomer: the package runs unmodified."""
+    made = cohortfl("new", "mine", cwd=tmp_path)
+    assert made.returncode == 0 and "cohortfl submit mine --contributor" in made.stdout
+    assert cohortfl("new", "mine", cwd=tmp_path).returncode == 2  # never overwrites
+    done = cohortfl("submit", "mine", "--contributor", "ada", "workspace.num_rounds=2",
+                    f"output_dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    board = cohortfl("leaderboard", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--format", "json",
+                     cwd=tmp_path)
+    [row] = json.loads(board.stdout)
+    assert row["contributor"] == "ada" and row["strategy"] == "WarmRestartFedAvg"
