@@ -28,6 +28,18 @@ class Entry:
     pretraining: Pretraining | None = None
 
 
+def _number(cfg: DictConfig, key: str, kind: type) -> float | int:
+    """``cfg``'s value at ``key`` as a float or a whole number; a ValueError naming the key if not."""
+    value = OmegaConf.select(cfg, key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if number != number or (kind is int and not number.is_integer()):
+        raise ValueError(f"{key}={value!r}: {key} must be {'a whole number' if kind is int else 'a number'}")
+    return kind(number)
+
+
 def entry_from_config(cfg: DictConfig) -> Entry:
     """The submission a composed config describes, and its pretraining."""
     pretrain = OmegaConf.to_container(cfg.pretrain, resolve=True)
@@ -38,11 +50,11 @@ def entry_from_config(cfg: DictConfig) -> Entry:
         model=ModelSpec(name=str(cfg.model.name),
                         params=OmegaConf.to_container(cfg.model.params, resolve=True)),
         features=FeatureSpec(**OmegaConf.to_container(cfg.features, resolve=True)),
-        lr=float(cfg.lr),
-        batch_size=int(cfg.batch_size),
-        local_epochs=int(cfg.workspace.local_epochs),
-        num_rounds=int(cfg.workspace.num_rounds),
-        seed=int(cfg.seed),
+        lr=_number(cfg, "lr", float),
+        batch_size=_number(cfg, "batch_size", int),
+        local_epochs=_number(cfg, "workspace.local_epochs", int),
+        num_rounds=_number(cfg, "workspace.num_rounds", int),
+        seed=_number(cfg, "seed", int),
     )
     return Entry(submission, Pretraining(**pretrain) if enabled else None)
 

@@ -28,11 +28,11 @@ from client.errors import PolicyViolation
 from client.policy import check_model, check_train_config, feature_pipeline
 from client.settings import NodeSettings
 from client.training import TrainConfig
-from contract.names import GAIN_METRIC, Artifact, Moment, Tag, holdout_metric
+from contract.names import GAIN_METRIC, Artifact, Moment, Tag, UsageMetric, holdout_metric
 from contract.schema import SCHEMA
 from contract.submission import Submission
 from server.app import Progress
-from server.leaderboard import describe_experiment
+from server.leaderboard import describe_experiment, read_budget
 from server.signing import WorkspaceSigner
 from server.tracking import first_use_lock
 
@@ -72,6 +72,7 @@ class Workspace:
         from mlflow.tracking import MlflowClient
 
         self.node = node
+        self.experiment = experiment
         self.signer = signer
         self.verbose = verbose
         if artifact_dir is None and node.tracking_uri.startswith("sqlite:///"):
@@ -175,6 +176,11 @@ class Workspace:
             raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
         check_train_config(TrainConfig(lr=submission.lr, local_epochs=submission.local_epochs,
                                        batch_size=submission.batch_size), policy)
+        budget = read_budget(self.node.tracking_uri, self.experiment, submission.contributor)
+        used = budget[UsageMetric.BUDGET_SUBMISSIONS_USED] if budget else 0
+        if used >= policy.submissions_max:
+            raise PolicyViolation("submission-limit", f"{used:.0f} of {policy.submissions_max} "
+                                  "submissions used; none left (as the node recorded on your latest run)")
         return rehearse(submission.strategy, initial_arrays(submission), submission.train_config(),
                         self.nodes, sends_train_loss=not policy.dp_enabled)
 

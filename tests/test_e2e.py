@@ -192,6 +192,8 @@ def test_a_strategy_the_node_refuses_fails_the_run_with_the_rule_name(tmp_path):
     (["workspace.no_such_key=1"], "Could not override 'workspace.no_such_key'"),
     (["lr=100"], "refused by rule 'lr-range'"),
     (["workspace.num_rounds=99"], "refused by rule 'rounds-range'"),
+    (["lr=abc"], "lr='abc': lr must be a number"),
+    (["batch_size=1.5"], "batch_size=1.5: batch_size must be a whole number"),
 ])
 def test_bad_input_is_refused_before_any_run_with_a_clear_message(tmp_path, args, message):
     done = cohortfl("run", *args, f"output_dir={tmp_path}", cwd=tmp_path)

@@ -167,3 +167,30 @@ def test_a_tracking_server_stopped_mid_run_loses_nothing_and_the_next_run_closes
     finally:
         if server.poll() is None:
             _stop(server)
+
+
+def test_a_sixth_submission_is_refused_before_a_run_exists(tmp_path):
+    """The node's count, as it recorded it on the contributor's latest run, is read before anything
+    starts; the node still enforces it itself."""
+    from dataclasses import replace
+
+    from mlflow.tracking import MlflowClient
+    from runs import local_signer, node_run
+
+    from client.errors import PolicyViolation
+    from client.settings import NodeSettings
+    from contract.names import Tag
+    from models import ModelSpec
+    from server.workspace import Workspace
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    node = NodeSettings(data_path="", tracking_uri=uri, state_dir=str(tmp_path / "state"))
+    workspace = Workspace(node, "board", local_signer(tmp_path))
+    client = MlflowClient(uri)
+    latest = client.create_run(workspace.experiment_id, tags={Tag.CONTRIBUTOR: "ada"}).info.run_id
+    client.log_metric(latest, "budget_submissions_used", 5)
+    ada = replace(node_run("ada", "", ModelSpec(name="linear")), num_rounds=2)
+    with pytest.raises(PolicyViolation, match="submission-limit.*5 of 5"):
+        workspace.check(ada)
+    workspace.check(replace(ada, contributor="bob"))  # bob has used none
+    assert len(client.search_runs([workspace.experiment_id])) == 1  # nothing opened
