@@ -33,7 +33,7 @@ from models import build_for
 from server.errors import SubmissionFailed
 from server.refusals import RefusalRecordingGrid, flower_warnings, reason
 
-#: Called with (phase, done, total): phase is a ``Moment`` or "round".
+#: Called with (phase, done, total): phase is "engine" (a run's engine starts), a ``Moment`` or "round".
 Progress = Callable[[str, int, int], None]
 
 

@@ -494,7 +494,8 @@ class ConsoleProgress:
         """Report that ``done`` of ``total`` steps of ``phase`` are complete."""
         if phase == "round" and (done == 0 or done not in {total, *(total * q // 4 for q in (1, 2, 3))}):
             return
-        text = {Moment.OUT_OF_THE_BOX: "holdout out of the box recorded by the node",
+        text = {"engine": "engine starting (Flower's simulation, Ray, the node's ClientApp)",
+                Moment.OUT_OF_THE_BOX: "holdout out of the box recorded by the node",
                 Moment.FINE_TUNED: "fine-tuned holdout recorded by the node"}.get(
             phase, f"round {done}/{total}")
         print(f"  [{self.label}] {text} (at {time.time() - self.started:.1f} s)", flush=True)

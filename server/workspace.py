@@ -245,6 +245,8 @@ def simulate(run_config: dict[str, object], node: NodeSettings, verbose: bool,
     from server.app import build_server_app
     from server.engine import run_simulation
 
+    if progress:
+        progress("engine", 0, 1)
     try:
         run_simulation(build_server_app(progress), build_client_app(node), run_config,
                        use_gpu=resolve_device(node.device).type == "cuda", verbose=verbose)

@@ -167,6 +167,7 @@ def test_federated_with_one_node_matches_central_training(finished_run):
 def test_progress_and_ui_hint_are_printed(finished_run):
     *_, stdout = finished_run
     assert f"round {ROUNDS}/{ROUNDS}" in stdout
+    assert "[alice] engine starting" in stdout and "\x1b[" not in stdout  # no terminal escape codes
     assert "mlflow ui --backend-store-uri" in stdout
 
 
