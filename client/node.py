@@ -277,7 +277,12 @@ class Node:
                     "node_cpu_threads": str(torch.get_num_threads()),
                     "node_gpu_memory_gb": str(self.settings.policy.run_gpu_memory_gb
                                               if self.cohort.device.type == "cuda" else 0),
-                    "privacy": self._privacy_statement()})
+                    "privacy": self._privacy_statement()},
+            dataset={"name": "cohort", "digest": self.cohort.digest[:36],
+                     "columns": [(name, "string" if name in self.cohort.schema.categorical else "double")
+                                 for name in self.cohort.schema.feature_columns],
+                     "counts": {"n_train": len(self.cohort.y_train),
+                                "n_holdout": len(self.cohort.y_holdout)}})
         return self._acknowledge()
 
     def score_fine_tuned(self, content: RecordDict, run: Submission) -> RecordDict:

@@ -6,6 +6,7 @@ back through Flower. No cohort rows, no dataset logging.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -73,11 +74,12 @@ class OfficialRecord:
             self._defer("the store cannot be reached")
 
     def write_out_of_the_box(self, scores: HoldoutScores, usage: dict[str, float],
-                             params: dict[str, str]) -> None:
-        """Record the holdout score of the model as submitted, before any training,
-        with the contributor's budget use from the node's ledger."""
+                             params: dict[str, str], dataset: dict[str, object] | None = None) -> None:
+        """Record the holdout score of the model as submitted, before any training, with the
+        contributor's budget use from the node's ledger and the cohort as a dataset: its digest,
+        its columns and the split sizes, never a row (``dataset``: name, digest, columns, counts)."""
         self._submit({"metrics": {**scores.as_metrics(Moment.OUT_OF_THE_BOX), **usage},
-                      "params": params})
+                      "params": params, **({"dataset": dataset} if dataset else {})})
 
     def write_final(self, scores: HoldoutScores, rounds_trained: int, curve: Sequence[tuple[int, float]],
                     flops: int, device_seconds: float, classes: Sequence[str],
@@ -139,6 +141,16 @@ class OfficialRecord:
             self._client.log_batch(self.run_id, metrics=entries, params=params)
         for key, value in write.get("tags", {}).items():
             self._client.set_tag(self.run_id, key, value)
+        if "dataset" in write:
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            given = write["dataset"]
+            schema = {"mlflow_colspec": [{"name": name, "type": kind} for name, kind in given["columns"]]}
+            self._client.log_inputs(self.run_id, datasets=[DatasetInput(
+                Dataset(name=given["name"], digest=given["digest"], source_type="cohortfl-node",
+                        source=json.dumps({"held_by": "the foundation's node; no row leaves it"}),
+                        schema=json.dumps(schema), profile=json.dumps(given["counts"])),
+                tags=[InputTag("mlflow.data.context", "training and holdout, on the node")])])
         if "confusion" in write:
             self._client.log_figure(self.run_id, _confusion_figure(**write["confusion"]),
                                     Artifact.CONFUSION)

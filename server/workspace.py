@@ -19,7 +19,8 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -90,29 +91,42 @@ class Workspace:
                    notices: list[list[str]] | None = None) -> list[Outcome]:
         """Run submissions end to end, ``parallel`` at a time; failures are recorded, not raised.
 
-        Each run's engine lives in a worker process of its own session, so that an interrupt
+        A submission's MLflow run is opened when its engine is about to start, so its Duration is
+        its own. Each engine lives in a worker process of its own session, so that an interrupt
         (Ctrl-C, SIGTERM) reaches only this process, which then kills the workers' process
-        groups (Ray's processes with them), marks every run it opened and did not close KILLED,
-        and raises ``KeyboardInterrupt``. ``notices`` are ``check``'s, one list per submission.
-        Outcomes come back in the order the runs finish.
+        groups (Ray's processes with them), marks every run it opened and did not close KILLED
+        (runs not yet started were never opened), and raises ``KeyboardInterrupt``. ``notices``
+        are ``check``'s, one list per submission. Outcomes come back in the order runs finish.
         """
-        opened, outcomes = [], []
+        waiting = list(zip(submissions, notices or [[] for _ in submissions], strict=True))
+        opened, outcomes, running = [], [], {}
         context = multiprocessing.get_context("spawn")  # each run its own engine and Ray
         self.close_recorded()  # an earlier command's runs whose record arrived late
         try:
-            for i, submission in enumerate(submissions):
-                opened.append(self.open_run(submission, batch, notices[i] if notices else ()))
             with ProcessPoolExecutor(max_workers=parallel, mp_context=context,
                                      initializer=os.setsid) as pool:
-                futures = {pool.submit(simulate, self.run_config(s), self.node, self.verbose,
-                                       progress(s) if progress else None): s for s in opened}
+
+                def start_next() -> None:
+                    submission, notice = waiting.pop(0)
+                    run = self.open_run(submission, batch, notice)
+                    opened.append(run)
+                    try:
+                        running[pool.submit(simulate, self.run_config(run), self.node, self.verbose,
+                                            progress(run) if progress else None)] = run
+                    except BrokenProcessPool as ex:  # a worker died: the pool takes no more runs
+                        outcomes.append(self.close_or_say_why(run, f"BrokenProcessPool: {ex}"))
+
                 try:
-                    for future in as_completed(futures):
-                        try:
-                            error = future.result()
-                        except Exception as ex:  # the worker process died: the run failed all the same
-                            error = f"{type(ex).__name__}: {ex}"
-                        outcomes.append(self.close_or_say_why(futures[future], error))
+                    while waiting or running:
+                        while waiting and len(running) < parallel:
+                            start_next()
+                        done, _ = wait(running, return_when=FIRST_COMPLETED) if running else ((), ())
+                        for future in done:
+                            try:
+                                error = future.result()
+                            except Exception as ex:  # the worker process died: the run failed all the same
+                                error = f"{type(ex).__name__}: {ex}"
+                            outcomes.append(self.close_or_say_why(running.pop(future), error))
                 except BaseException:  # interrupted: start no further run, stop the running ones
                     workers = list(pool._processes.values())  # no public API before Python 3.14
                     pool.shutdown(wait=False, cancel_futures=True)

@@ -88,7 +88,14 @@ def test_the_run_reads_as_a_board_entry(finished_run):
 def test_no_cohort_rows_reach_mlflow(finished_run):
     uri, run, tmp, _ = finished_run
     client = MlflowClient(uri)
-    assert not run.inputs.dataset_inputs  # no dataset logging
+    # the cohort is logged as a dataset by digest, columns and split sizes: no row, no path
+    [given] = run.inputs.dataset_inputs
+    assert given.dataset.digest == run.data.params["cohort_digest"][:36]
+    assert json.loads(given.dataset.profile) == {"n_train": int(run.data.params["n_train"]),
+                                                 "n_holdout": int(run.data.params["n_holdout"])}
+    columns = [c["name"] for c in json.loads(given.dataset.schema)["mlflow_colspec"]]
+    assert columns == list(SCHEMA.feature_columns)
+    assert str(tmp) not in given.dataset.source
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert artifacts == {"holdout_confusion_matrix.png", "holdout_importance.png",
                          "holdout_importance.json", "submission.json"}

@@ -8,6 +8,7 @@ the rehearsal tells the truth: what it accepts finishes, and what it refuses wou
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -78,3 +79,13 @@ def test_a_robust_aggregator_says_on_its_run_that_it_is_fedavg_here(sweep):
 
 def test_no_engine_process_is_left_running(sweep):
     assert engine_processes_after(30) == ""
+
+
+def test_each_run_is_opened_when_its_engine_starts_so_its_duration_is_its_own(sweep):
+    """One at a time: a run's MLflow start follows the previous run's end (the demo's queued runs
+    used to show the queue's wait as their Duration)."""
+    workspace, _, outcomes, _ = sweep
+    client = MlflowClient(workspace.node.tracking_uri)
+    runs = sorted((client.get_run(o.submission.submission_id).info for o in outcomes.values()),
+                  key=lambda info: info.start_time)
+    assert all(later.start_time >= earlier.end_time for earlier, later in pairwise(runs))
