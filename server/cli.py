@@ -340,13 +340,18 @@ def submit_remote(package: Path, url: str, ca: Path | None, token_file: Path | N
     except (PackageRefused, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
         return 2
+    for notice in answer.get("notices") or []:
+        print(f"notice: {notice}")
     if answer.get("ok"):
         print(f"submission {answer['submission_id']} finished; its scores are in the workspace's MLflow")
         return 0
     if answer.get("pending"):
         print(f"submission {answer['submission_id']} ended; {answer['error']}")
         return 0
-    print(f"cohortfl: refused or failed: {answer.get('error')}", file=sys.stderr)
+    if "submission_id" not in answer:  # refused before anything ran (401, 413, 422, 503)
+        print(f"cohortfl: refused: {answer.get('error')}", file=sys.stderr)
+        return 2
+    print(f"cohortfl: submission {answer['submission_id']} failed: {answer.get('error')}", file=sys.stderr)
     return 1
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 from pathlib import Path
 
+from contract.files import create_once
 from contract.names import MLFLOW_ACCOUNT_VARIABLES
 from server.pki import write_private
 
@@ -39,9 +39,7 @@ def without_tracking_account(env: dict[str, str]) -> dict[str, str]:
 
 def _secret(path: Path) -> str:
     """A random secret kept in ``path`` (0600), made on first use."""
-    if not path.is_file():
-        write_private(path, secrets.token_urlsafe(24).encode())
-    return path.read_text(encoding="utf-8").strip()
+    return create_once(path, secrets.token_urlsafe(24).encode()).decode().strip()
 
 
 class TrackingServer:
@@ -60,7 +58,6 @@ class TrackingServer:
         self.default_permission = default_permission  # MLflow ships READ: everyone reads everything
         self.secrets_dir, self.state_dir = secrets_dir, state_dir
         self.host, self.port, self.ca, self.cert, self.key = host, port, ca, cert, key
-        self.process: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
