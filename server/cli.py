@@ -87,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="MLflow store (default: sqlite:///cohortfl-demo/mlflow.db)")
     board.add_argument("--experiment", default=None, help="experiment (default: from conf)")
     board.add_argument("--batch", default=None, help="only the submissions of one demo batch")
-    board.add_argument("--format", choices=("text", "csv", "json"), default="text",
-                       help="text (the table and the runs not on it), or the board's rows as csv or json")
+    board.add_argument("--format", choices=("text", "csv", "json", "html"), default="text",
+                       help="text (the table and the runs not on it), the board's rows as csv or json, "
+                       "or its picture as an HTML page")
     budget = commands.add_parser("budget", help="a contributor's budgets: submissions, compute and "
                                  "privacy used and left")
     budget.add_argument("--contributor", required=True)
@@ -226,20 +227,24 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
             print(f"{outcome.submission.contributor} failed: {outcome.error}", file=sys.stderr)
 
     print()
+    picture = ""
     try:
         print(board(job.node.tracking_uri, job.workspace.experiment, batch))
+        picture = draw_picture(job.node.tracking_uri, job.workspace.experiment, workspace.experiment_id)
     except Exception as ex:  # the store went away during the runs: the outcomes above say so
         print(f"(the leaderboard cannot be read now: {type(ex).__name__} from {job.node.tracking_uri})")
     print()
     wall = time.perf_counter() - started
     print(f"{len(submissions) - failed} of {len(submissions)} submissions finished in {wall:.1f} s; "
           f"peak memory {memory.stop():.0f} MB (all processes together)")
-    from server.leaderboard import board_link
+    from server.leaderboard import board_link, picture_link
 
     ui = job.node.tracking_uri if job.node.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
     if not job.node.tracking_uri.startswith("http"):
         print(f"MLflow UI:   mlflow ui --backend-store-uri {job.node.tracking_uri} --port 5000, then")
     print(f"the board:   {board_link(ui, workspace.experiment_id)}")
+    if picture:
+        print(f"its picture: {picture_link(ui, workspace.experiment_id, picture)}")
     print(f"Leaderboard: cohortfl leaderboard --tracking-uri {job.node.tracking_uri}")
     return 1 if failed else 0
 
@@ -414,19 +419,36 @@ def print_budget(contributor: str, tracking_uri: str | None, experiment: str | N
 
 
 def print_records(uri: str, experiment: str, batch: str | None, form: str) -> None:
-    """The board's rows as csv or json on standard output."""
+    """The board's rows as csv or json, or its picture as HTML, on standard output."""
     import csv
     import json
 
     from server.leaderboard import as_records, read_leaderboard
 
-    records = as_records(read_leaderboard(uri, experiment, batch))
+    rows = read_leaderboard(uri, experiment, batch)
+    if form == "html":
+        from server.board_picture import render
+
+        print(render(rows, f"cohortfl leaderboard: {experiment}"), end="")
+        return
+    records = as_records(rows)
     if form == "json":
         print(json.dumps(records, indent=1))
     elif records:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
+
+
+def draw_picture(uri: str, experiment: str, experiment_id: str) -> str:
+    """The whole board's picture, logged as a run of its experiment; the run's id."""
+    from mlflow.tracking import MlflowClient
+
+    from server.board_picture import log_picture
+    from server.leaderboard import read_leaderboard
+
+    return log_picture(MlflowClient(uri), experiment_id, read_leaderboard(uri, experiment),
+                       f"cohortfl leaderboard: {experiment}")
 
 
 def board(uri: str, experiment: str, batch: str | None) -> str:

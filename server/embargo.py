@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.names import PAIRED_TAG_PREFIX, Tag
+from server.board_picture import PICTURE_FILE, PICTURE_RUN_NAME, log_picture
+from server.leaderboard import BOARD_DESCRIPTION, describe_experiment, every_run, read_leaderboard
 
 log = logging.getLogger("cohortfl.embargo")
 
@@ -39,7 +41,8 @@ DESCRIPTIONS = {
     FOUNDATION: "**Foundation only.** Each run holds one submission's paired comparisons with earlier "
                 "runs (tags `cohortfl.paired.<run id>`: macro-F1 difference and its interval).\n\n",
     PUBLISHED: "**The published board**: the runs the foundation published (`cohortfl publish`), readable "
-               "by every contributor. The tag `cohortfl.published_from` names the official run.\n\n",
+               "by every contributor. The tag `cohortfl.published_from` names the official run. The run "
+               f"`{PICTURE_RUN_NAME}` holds the board's picture: `{PICTURE_FILE}` under its Artifacts.\n\n",
     None: "**Your own runs**, readable by you and the foundation until the foundation publishes them.\n\n",
 }
 #: A published copy names the run it copies (in the contributor's own experiment).
@@ -69,8 +72,6 @@ class Board:
     def experiment(self, name: str) -> str:
         """The id of ``<base>/<name>``, created on first use (by the admin: no contributor can
         create it first and own it)."""
-        from server.leaderboard import BOARD_DESCRIPTION, describe_experiment
-
         client = self._client()
         full = f"{self.base}/{name}"
         found = client.get_experiment_by_name(full)
@@ -121,10 +122,10 @@ class Board:
     def publish(self, contributor: str | None = None, run_id: str | None = None) -> list[str]:
         """Copy finished official runs (one, a contributor's, or all) to the published board:
         params, metrics, tags and artifacts, never a paired comparison. A run already published
-        is skipped. Returns the ids of the new copies."""
+        is skipped; the board's picture is drawn anew. Returns the ids of the new copies."""
         client = self._client()
         published = self.experiment(PUBLISHED)
-        done = {run.data.tags.get(PUBLISHED_FROM) for run in _every_run(client, [published])}
+        done = {run.data.tags.get(PUBLISHED_FROM) for run in every_run(client, [published])}
         own = {e.experiment_id for e in client.search_experiments(max_results=50000)
                if e.name.startswith(f"{self.base}/")
                and e.name.removeprefix(f"{self.base}/") not in (FOUNDATION, PUBLISHED)}
@@ -134,9 +135,12 @@ class Board:
                 raise ValueError(f"run {run_id} is not an official run of a contributor of this workspace")
         else:
             experiments = [self.experiment(contributor)] if contributor else sorted(own)
-            sources = _every_run(client, experiments, "attributes.status = 'FINISHED'")
-        return [self._copy(client, source, published) for source in sources
-                if source.info.run_id not in done and source.info.status == "FINISHED"]
+            sources = every_run(client, experiments, "attributes.status = 'FINISHED'")
+        copies = [self._copy(client, source, published) for source in sources
+                  if source.info.run_id not in done and source.info.status == "FINISHED"]
+        log_picture(client, published, read_leaderboard(self.tracking_uri, f"{self.base}/{PUBLISHED}"),
+                    "cohortfl leaderboard (published)")
+        return copies
 
     def _copy(self, client, source, experiment: str) -> str:
         from mlflow.entities import Metric, Param
@@ -159,18 +163,6 @@ class Board:
         client.set_terminated(run_id, "FINISHED")
         log.info("published %s as %s", source.info.run_id, run_id)
         return run_id
-
-
-def _every_run(client, experiments: list[str], query: str = "") -> list:
-    """Every run of ``experiments`` matching ``query``, every page of them."""
-    runs, token = [], None
-    while experiments:
-        page = client.search_runs(experiments, query, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
-    return runs
 
 
 def _grant(auth, user: str, experiment: str, permission: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -97,8 +99,11 @@ def read_unfinished(tracking_uri: str, experiment: str, batch: str | None = None
 
 
 def _search(tracking_uri: str, experiment: str, batch: str | None, query: str, order: str) -> list:
-    """Every run of ``experiment`` (of one batch) that ``query`` matches, every page of them."""
+    """Every submission's run of ``experiment`` (of one batch) that ``query`` matches (the board's
+    picture run is not one)."""
     from mlflow.tracking import MlflowClient
+
+    from server.board_picture import PICTURE_TAG
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -108,14 +113,22 @@ def _search(tracking_uri: str, experiment: str, batch: str | None, query: str, o
         raise LeaderboardError("a batch id holds only letters, digits, '.', '_' and '-'")
     if batch:
         query += f" and tags.`{Tag.BATCH}` = '{batch}'"
+    return [run for run in every_run(client, [found.experiment_id], query, order)
+            if PICTURE_TAG not in run.data.tags]
+
+
+def every_run(client, experiments: list[str], query: str = "", order: str | None = None) -> list:
+    """Every run of ``experiments`` matching ``query``, every page of them: a board that silently
+    stopped at N rows would mislead."""
     runs, token = [], None
-    while True:  # every page: a leaderboard that silently stops at N rows would mislead
-        page = client.search_runs([found.experiment_id], filter_string=query, order_by=[order],
+    while experiments:
+        page = client.search_runs(experiments, query, order_by=[order] if order else None,
                                   max_results=1000, page_token=token)
         runs += list(page)
         token = page.token
         if not token:
-            return runs
+            break
+    return runs
 
 
 def _row(run) -> Row:  # run: mlflow.entities.Run
@@ -173,7 +186,7 @@ def _privacy(row: Row) -> str:
     return "DP OFF" if row.privacy.startswith("OFF") else "?"
 
 
-def _versus_next(rows: list[Row], i: int) -> str:
+def versus_next(rows: list[Row], i: int) -> str:
     """Row ``i`` against the row below it: the paired difference, and whether it is noise."""
     paired = rows[i].versus(rows[i + 1]) if i + 1 < len(rows) else None
     if paired is None:
@@ -182,27 +195,59 @@ def _versus_next(rows: list[Row], i: int) -> str:
     return text + (" noise" if paired.within_noise else "")
 
 
-def format_leaderboard(rows: list[Row]) -> str:
-    """A fixed-width text table shaped like the pilot's."""
+#: The board's columns, most needed first: a narrow terminal drops them from the end of this list.
+_PRIORITY = ("contributor", "after fine-tuning", "gain", "vs next (paired)", "strategy",
+             "out of the box", f"{REPORTED_CLASS} recall", "model", "budget used (PF)", "privacy (epsilon)",
+             "submits", "top feature group", "compute (PF)", "sent (kB)")
+_NOTE = ("[low, high]: 95% bootstrap intervals over the holdout's records, computed on the node. vs next: "
+         "the node's paired bootstrap of the macro-F1 difference with the row below on the same records; "
+         "'noise' when its interval holds 0. top feature group: largest permutation importance. privacy: "
+         "the contributor's epsilon spent under DP-SGD (delta in the run's params); DP OFF: the node "
+         "trained without differential privacy.")
+
+
+def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
+    """The board as a text table that fits ``width`` columns (default: the terminal's, or
+    ``$COLUMNS``): the least needed columns are left out, and the note under it names them."""
+    import io
+    import shutil
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    width = width or shutil.get_terminal_size((160, 24)).columns
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
               "gain", f"{REPORTED_CLASS} recall", "vs next (paired)", "top feature group",
               "compute (PF)", "budget used (PF)", "submits", "sent (kB)", "privacy (epsilon)")
     lines = [(r.contributor, r.strategy, r.model, _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
               _with_interval(r.fine_tuned, r.fine_tuned_ci95), f"{r.gain:+.3f}",
-              _with_interval(r.reported_recall, r.reported_recall_ci95), _versus_next(rows, i), r.top_group,
+              _with_interval(r.reported_recall, r.reported_recall_ci95), versus_next(rows, i), r.top_group,
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
               f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
               f"{r.exported_bytes / 1000:.1f}", _privacy(r)) for i, r in enumerate(rows)]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    body = [fmt.format(*row) for row in lines] or ["(no finished submissions)"]
-    note = ("[low, high]: 95% bootstrap intervals over the holdout's records, computed on the node. "
-            "vs next: the node's paired bootstrap\nof the macro-F1 difference with the row below on "
-            "the same records; 'noise' when its interval holds 0. top feature group: largest "
-            "permutation importance.\nprivacy: the contributor's epsilon spent under DP-SGD (delta in "
-            "the run's params); DP OFF: the node trained without differential privacy.")
-    return "\n".join([fmt.format(*header), rule, *body, "", note])
+    natural = {name: max(len(row[i]) for row in [header, *lines]) + 3 for i, name in enumerate(header)}
+    kept, used = set(), 0
+    for name in _PRIORITY:  # each column whole, most needed first, while the width lasts
+        if used + natural[name] <= width or not kept:
+            kept.add(name)
+            used += natural[name]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+    columns = [i for i, name in enumerate(header) if name in kept]
+    for i in columns:
+        table.add_column(header[i], justify="left" if i < 3 else "right", no_wrap=True)
+    for row in lines:
+        table.add_row(*(row[i] for i in columns))
+    out = io.StringIO()
+    console = Console(file=out, width=max(width, used), color_system=None, force_terminal=False,
+                      highlight=False, emoji=False, markup=False)
+    console.print(table if lines else "(no finished submissions)")
+    console.print(_NOTE, width=min(width, 110), soft_wrap=False)
+    hidden = [name for name in header if name not in kept]
+    if hidden:
+        console.print(f"Left out at {width} columns: {', '.join(hidden)} (a wider terminal, or "
+                      "--format csv, shows every column).", width=min(width, 110))
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
 
 
 def format_unfinished(rows: list[Unfinished], width: int = 160) -> str:
@@ -230,15 +275,41 @@ written by the foundation's node on its holdout; no contributor and no workspace
 """
 
 
+#: The MLflow UI's view of a board: the key numbers as columns, best fine-tuned macro-F1 first.
+#: MLflow 3 keeps a shareable view as an experiment tag ``mlflow.sharedViewState.<key>`` (its
+#: "Share" button writes the same); the board's link names the key.
+_FINE_TUNED = holdout_metric(Moment.FINE_TUNED, "macro_f1")
+_OUT_OF_THE_BOX = holdout_metric(Moment.OUT_OF_THE_BOX, "macro_f1")
+BOARD_COLUMNS = (f"tags.`{Tag.CONTRIBUTOR}`", "params.`strategy`", "params.`model`",
+                 *(f"metrics.`{name}`" for name in (
+                     _FINE_TUNED, *interval_metrics(_FINE_TUNED), _OUT_OF_THE_BOX, GAIN_METRIC,
+                     holdout_metric(Moment.FINE_TUNED, "recall", REPORTED_CLASS),
+                     UsageMetric.BUDGET_COMPUTE_USED_PF, UsageMetric.BUDGET_COMPUTE_PF)))
+BOARD_VIEW = json.dumps({
+    "orderByKey": f"metrics.`{LEADERBOARD_METRIC}`", "orderByAsc": False, "runsHiddenMode": "SHOW_ALL",
+    "selectedColumns": list(BOARD_COLUMNS), "columnOrder": list(BOARD_COLUMNS),
+    "columnWidths": {column: 190 for column in BOARD_COLUMNS if column.startswith("metrics.")},
+}, sort_keys=True)
+BOARD_VIEW_KEY = "cohortfl-board-" + hashlib.sha256(BOARD_VIEW.encode()).hexdigest()[:12]
+BOARD_VIEW_TAG = f"mlflow.sharedViewState.{BOARD_VIEW_KEY}"
+
+
 def describe_experiment(client, experiment_id: str, text: str = BOARD_DESCRIPTION) -> None:
-    """Set the experiment's description (MLflow's ``mlflow.note.content`` tag)."""
+    """Set the experiment's description (MLflow's ``mlflow.note.content`` tag) and its board view."""
     client.set_experiment_tag(experiment_id, "mlflow.note.content", text)
+    client.set_experiment_tag(experiment_id, BOARD_VIEW_TAG, BOARD_VIEW)
 
 
 def board_link(ui_base: str, experiment_id: str) -> str:
-    """The MLflow UI's training-runs view of the board, best fine-tuned macro-F1 first."""
-    return (f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&orderByKey=metrics.%60{LEADERBOARD_METRIC}%60&orderByAsc=false")
+    """The MLflow UI's training-runs view of the board: its key numbers as columns, best
+    fine-tuned macro-F1 first (the view ``describe_experiment`` stored)."""
+    return (f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={BOARD_VIEW_KEY}"
+            "&workflowType=machine_learning")
+
+
+def picture_link(ui_base: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's view of the board's picture (``server/board_picture.py``)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifacts"
 
 
 def as_records(rows: list[Row]) -> list[dict[str, object]]:

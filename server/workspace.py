@@ -33,7 +33,7 @@ from contract.names import GAIN_METRIC, Artifact, Moment, Tag, UsageMetric, hold
 from contract.schema import SCHEMA
 from contract.submission import Submission
 from server.app import Progress
-from server.leaderboard import describe_experiment, read_budget
+from server.leaderboard import BOARD_VIEW_TAG, describe_experiment, read_budget
 from server.signing import WorkspaceSigner
 from server.tracking import first_use_lock
 
@@ -83,7 +83,7 @@ class Workspace:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(
                 experiment, artifact_location=artifact_dir.resolve().as_uri() if artifact_dir else None)
-            if not found:
+            if not found or BOARD_VIEW_TAG not in found.tags:  # new, or a store from an earlier version
                 describe_experiment(self.client, self.experiment_id)
 
     def submit_all(self, submissions: list[Submission], batch: str = "", parallel: int = 1,
@@ -232,7 +232,7 @@ class Workspace:
         if None in scores:
             error = error or "the node did not record both holdout scores"
         else:
-            self.client.log_metric(submission.submission_id, GAIN_METRIC, scores[1] - scores[0])
+            self.client.log_metric(submission.submission_id, GAIN_METRIC, round(scores[1] - scores[0], 6))
         if error:
             self.client.set_tag(submission.submission_id, Tag.ERROR, error[:5000])
         self.client.set_terminated(submission.submission_id, "FAILED" if error else "FINISHED")

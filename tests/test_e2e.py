@@ -27,8 +27,8 @@ ROUNDS = 4
 LR = 0.1
 
 
-def cohortfl(*args, cwd):
-    env = {**os.environ, "FLWR_HOME": str(cwd / "flwr-home")}
+def cohortfl(*args, cwd, columns: int = 250):
+    env = {**os.environ, "FLWR_HOME": str(cwd / "flwr-home"), "COLUMNS": str(columns)}
     return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -117,6 +117,9 @@ def test_leaderboard_command_reads_the_store(finished_run):
     assert "out of the box" in header and "after fine-tuning" in header and "compute (PF)" in header
     assert row.split()[:3] == ["alice", "FedAvg", "linear"]
     assert f"{run.data.metrics['holdout_fine_tuned_macro_f1']:.3f}" in row
+    narrow = cohortfl("leaderboard", "--tracking-uri", uri, cwd=tmp, columns=80)  # the terminal's width
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    assert "after fine-tuning" in narrow.stdout and "Left out at 80 columns: model," in narrow.stdout
 
 
 def test_leaderboard_as_csv_or_json_and_without_importing_an_engine(finished_run):

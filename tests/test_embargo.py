@@ -66,7 +66,11 @@ def official_runs(monkeypatch, server: TrackingServer) -> dict[str, tuple[str, s
         runs[contributor] = (run, board.open_comparisons(run, contributor))
     node = as_user(monkeypatch, server, "node", node_password)
     for contributor, (run, comparisons) in runs.items():
-        node.log_metric(run, "holdout_fine_tuned_macro_f1", 0.8 if contributor == "alice" else 0.7)
+        score = 0.8 if contributor == "alice" else 0.7
+        for name, value in (("holdout_fine_tuned_macro_f1", score), ("holdout_fine_tuned_macro_f1_ci95_low",
+                            score - 0.07), ("holdout_fine_tuned_macro_f1_ci95_high", score + 0.07),
+                            ("holdout_out_of_the_box_macro_f1", 0.35)):
+            node.log_metric(run, name, value)
         other = runs["bob" if contributor == "alice" else "alice"][0]
         node.set_tag(comparisons, f"{PAIRED_TAG_PREFIX}{other}", "0.1 [0.02, 0.18]")
         node.set_tag(run, Tag.RECORD_COMPLETE, "true")
@@ -115,7 +119,7 @@ def test_after_publication_everyone_reads_the_board_and_still_nothing_private(em
     assert Board(server.uri, "cohortfl").publish() == []  # published once
     alice = as_user(monkeypatch, server, "alice", PASSWORDS["alice"])
     published = alice.get_experiment_by_name(f"cohortfl/{PUBLISHED}")
-    board = alice.search_runs([published.experiment_id],
+    board = alice.search_runs([published.experiment_id], "metrics.holdout_fine_tuned_macro_f1 > 0",
                               order_by=["metrics.holdout_fine_tuned_macro_f1 DESC"])
     assert [r.data.tags[Tag.CONTRIBUTOR] for r in board] == ["alice", "bob"]
     assert board[1].data.metrics["holdout_fine_tuned_macro_f1"] == 0.7

@@ -26,11 +26,25 @@ def test_neighbours_are_compared_from_whichever_run_holds_the_pair():
     third = _row("r3", 0.79, {"r2": PairedDifference(-0.01, -0.06, 0.04)})
     assert first.versus(second) == PairedDifference(0.05, 0.01, 0.09)
     assert second.versus(first) == PairedDifference(-0.05, -0.09, -0.01)
-    lines = format_leaderboard([first, second, third]).splitlines()
+    lines = format_leaderboard([first, second, third], width=250).splitlines()
     assert "+0.050 [+0.01, +0.09]" in lines[2] and "noise" not in lines[2]
     assert "+0.010 [-0.04, +0.06] noise" in lines[3]
     assert lines[4].split()[13] == "-"  # the last row has nobody below it
     assert "0.300 [0.22, 0.38]" in lines[2] and "0.800 [0.70, 0.90]" in lines[2]
+
+
+def test_the_table_fits_the_terminal_leaving_out_the_least_needed_columns_and_naming_them():
+    rows = [_row("r1", 0.85), _row("r2", 0.80, {"r1": PairedDifference(-0.05, -0.09, -0.01)})]
+    wide = format_leaderboard(rows, width=250)
+    assert "Left out" not in wide and "sent (kB)" in wide
+    for width in (60, 100, 160):
+        text = format_leaderboard(rows, width=width)
+        assert max(len(line) for line in text.splitlines()) <= width
+        header = text.splitlines()[0]
+        assert "contributor" in header and "after fine-tuning" in header  # the most needed, always
+        hidden = text.split(f"Left out at {width} columns: ")[1]
+        assert "sent (kB)" in hidden and "sent (kB)" not in header
+    assert "[low, high]" in wide  # the note's brackets are text, not markup
 
 
 def test_top_group_is_the_largest_importance():
@@ -43,7 +57,7 @@ def test_top_group_is_the_largest_importance():
 def test_the_board_says_plainly_when_the_node_trained_without_differential_privacy():
     private = _row("r1", 0.85)
     exposed = replace(_row("r2", 0.80), epsilon=float("nan"), privacy=OFF_STATEMENT)
-    lines = format_leaderboard([private, exposed]).splitlines()
+    lines = format_leaderboard([private, exposed], width=250).splitlines()
     assert lines[2].endswith("2.50") and lines[3].endswith("DP OFF")
 
 
