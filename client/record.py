@@ -21,12 +21,12 @@ from client.importance import Importance, importance_figure, importance_table
 from client.ledger import NodeLedger
 from contract.names import (
     PAIRED_TAG_PREFIX,
+    TOP_GROUP_METRIC,
     TRAIN_LOSS_SERIES,
     Artifact,
     Moment,
     Tag,
     UsageMetric,
-    importance_metric,
 )
 from contract.values import PairedDifference
 
@@ -97,9 +97,12 @@ class OfficialRecord:
 
     def write_importance(self, importances: dict[str, Importance], groups: Iterable[str]) -> None:
         """Record permutation importance on the holdout: a table and a figure of every feature
-        and group, and one metric per group (``importance_<group>``)."""
+        and group (artifacts), and which group matters most (a tag) and by how much (a metric)."""
         self._submit({"importance": importance_table(importances).to_dict(orient="list")})
-        self._submit({"metrics": {importance_metric(g): importances[g].mean for g in groups}})
+        top = max(groups, key=lambda g: importances[g].mean, default=None)
+        if top is not None:
+            self._submit({"metrics": {TOP_GROUP_METRIC: importances[top].mean},
+                          "tags": {Tag.TOP_GROUP: top}})
 
     def write_comparisons(self, comparisons: dict[str, PairedDifference]) -> None:
         """Record this run's paired comparisons with earlier runs on the same holdout, as tags

@@ -63,12 +63,10 @@ def interval_metrics(metric: str) -> tuple[str, str]:
     return f"{metric}_ci95_low", f"{metric}_ci95_high"
 
 
-def importance_metric(group: str) -> str:
-    """``importance_genes``, ``importance_set:GS01``: permutation importance of one group."""
-    return f"{IMPORTANCE_PREFIX}{group}"
-
-
-IMPORTANCE_PREFIX = "importance_"
+#: The permutation importance (macro-F1 lost) of the feature group that matters most to the
+#: fine-tuned model; which group it is, is the tag ``Tag.TOP_GROUP``. Every group's importance is
+#: in the artifact ``Artifact.IMPORTANCE_TABLE``, not in metrics: the board stays readable.
+TOP_GROUP_METRIC = "importance_top_group"
 #: The class whose recall the board reports beside macro-F1 (the foundation's first concern).
 REPORTED_CLASS = "Fast"
 #: The leaderboard's sort key and headline score.
@@ -112,6 +110,8 @@ class Tag(StrEnum):
     NOTICE = "cohortfl.notice"
     #: The node's last write of a run's official record: everything before it has arrived.
     RECORD_COMPLETE = "cohortfl.record_complete"
+    #: The feature group whose permutation costs the fine-tuned model the most macro-F1.
+    TOP_GROUP = "cohortfl.top_feature_group"
 
 
 #: Prefix of a paired comparison with another run: ``cohortfl.paired.<run id>``.

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from contract.names import (
     GAIN_METRIC,
-    IMPORTANCE_PREFIX,
     LEADERBOARD_METRIC,
     PAIRED_TAG_PREFIX,
     REPORTED_CLASS,
@@ -163,20 +162,13 @@ def _row(run) -> Row:  # run: mlflow.entities.Run
         run_id=run.info.run_id,
         paired={key.removeprefix(PAIRED_TAG_PREFIX): PairedDifference.from_text(text)
                 for key, text in tags.items() if key.startswith(PAIRED_TAG_PREFIX)},
-        top_group=_top_group(metrics),
+        top_group=tags.get(Tag.TOP_GROUP, "-"),
     )
 
 
 def _with_interval(value: float, interval: tuple[float, float]) -> str:
     """``0.840 [0.77, 0.90]``."""
     return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
-
-
-def _top_group(metrics: dict[str, float]) -> str:
-    """The feature group whose permutation costs the most macro-F1 (``importance_<group>``)."""
-    groups = {k.removeprefix(IMPORTANCE_PREFIX): v for k, v in metrics.items()
-              if k.startswith(IMPORTANCE_PREFIX)}
-    return max(groups, key=groups.get) if groups else "-"
 
 
 def _privacy(row: Row) -> str:

@@ -504,5 +504,5 @@ def test_mlflow_down_at_the_final_score_loses_nothing(deployment):
         assert time.monotonic() < deadline, "the run was not closed after the store came back"
         time.sleep(2)
     assert {"holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1", "compute_flops",
-            "importance_genes"} <= set(run.data.metrics)
+            "importance_top_group"} <= set(run.data.metrics)
     assert outbox_size(deployment) == 0

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from client.node import OFF_STATEMENT
 from contract.values import PairedDifference
-from server.leaderboard import Row, _top_group, format_leaderboard
+from server.leaderboard import Row, format_leaderboard
 
 
 def _row(run_id: str, score: float, paired: dict | None = None) -> Row:
@@ -45,13 +45,6 @@ def test_the_table_fits_the_terminal_leaving_out_the_least_needed_columns_and_na
         hidden = text.split(f"Left out at {width} columns: ")[1]
         assert "sent (kB)" in hidden and "sent (kB)" not in header
     assert "[low, high]" in wide  # the note's brackets are text, not markup
-
-
-def test_top_group_is_the_largest_importance():
-    assert _top_group({"importance_genes": 0.1, "importance_set:GS03": 0.3,
-                       "holdout_fine_tuned_macro_f1": 0.9}
-                      ) == "set:GS03"
-    assert _top_group({"holdout_fine_tuned_macro_f1": 0.9}) == "-"
 
 
 def test_the_board_says_plainly_when_the_node_trained_without_differential_privacy():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from client.node import Node
 from client.policy import NodePolicy
 from client.settings import NodeSettings
 from client.training import predict
-from contract.names import PAIRED_TAG_PREFIX, TRAIN_REPLY_KEYS
+from contract.names import PAIRED_TAG_PREFIX, TOP_GROUP_METRIC, TRAIN_REPLY_KEYS, Tag
 from contract.schema import SCHEMA
 from contract.submission import Submission
 from contract.values import PairedDifference
@@ -311,13 +313,19 @@ def test_the_node_holds_torch_to_the_policys_cpu_threads(cohort_parquet, tmp_pat
 # --- importance and paired comparisons, computed on the node -------------------------
 
 
-def test_permutation_importance_is_recorded_per_feature_and_group(store, finished):
+def test_permutation_importance_is_an_artifact_and_the_run_names_its_top_group(store, finished, tmp_path):
     run = _run(store, finished)
     client = MlflowClient(store[0])
-    for group in ("genes", "clinical", "signatures", "sex", "onset"):
-        assert f"importance_{group}" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"holdout_importance.json", "holdout_importance.png"} <= artifacts
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "holdout_importance.json",
+                                                      str(tmp_path))).read_text())
+    means = {row[0]: row[1] for row in table["data"]}
+    assert set(means) == {"genes", "clinical", "signatures", "sex", "onset"}
+    top = run.data.tags[Tag.TOP_GROUP]
+    assert means[top] == max(means.values())
+    assert run.data.metrics[TOP_GROUP_METRIC] == pytest.approx(means[top], abs=1e-9)  # the table rounds
+    assert not [m for m in run.data.metrics if m.startswith("importance_") and m != TOP_GROUP_METRIC]
 
 
 def test_a_second_run_is_compared_with_the_first_record_by_record(node, store, finished):
@@ -339,7 +347,7 @@ def test_a_second_run_is_compared_with_the_first_record_by_record(node, store, f
     assert kept[finished.facts.submission_id] == kept[facts.submission_id] == len(node.cohort.y_holdout)
 
 
-def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
+def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store, tmp_path):
     sets = {"a": ("gene_0", "gene_1", "gene_2", "gene_5", "gene_6"), "b": ("gene_3", "gene_4")}
     features = FeatureSpec(gene_sets=sets, gene_set_score="pc1", interactions=("clinical_0",),
                            interaction_left="gene_sets")
@@ -352,9 +360,12 @@ def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store):
     reply = node.train(_train_content(initial, 1), facts)
     assert set(reply["arrays"].keys()) == set(initial.keys())
     node.score_fine_tuned(RecordDict({"arrays": reply["arrays"]}), facts)
-    metrics = MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
-    assert "importance_set:a" in metrics and "holdout_fine_tuned_macro_f1" in metrics
-    assert "importance_set:b" not in metrics  # two genes would be a per-feature answer
+    client = MlflowClient(store[0])
+    assert "holdout_fine_tuned_macro_f1" in client.get_run(facts.submission_id).data.metrics
+    table = json.loads(Path(client.download_artifacts(facts.submission_id, "holdout_importance.json",
+                                                      str(tmp_path))).read_text())
+    groups = {row[0] for row in table["data"]}
+    assert "set:a" in groups and "set:b" not in groups  # two genes would be a per-feature answer
 
 
 def test_a_failing_importance_does_not_fail_a_scored_run(node, store, monkeypatch):
