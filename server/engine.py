@@ -77,7 +77,8 @@ def run_simulation(server_app: ServerApp, client_app: ClientApp, run_config: Use
     backend_config = {
         # one actor per node: a second idle actor would cost a process and a torch import
         "client_resources": {"num_cpus": 1, "num_gpus": 1.0 if use_gpu else 0.0},
-        "init_args": {"num_cpus": num_nodes, "num_gpus": 1 if use_gpu else 0},
+        # the actors' own output (Flower's warnings as it stops them) reaches the terminal with -v only
+        "init_args": {"num_cpus": num_nodes, "num_gpus": 1 if use_gpu else 0, "log_to_driver": verbose},
     }
     # Failed replies reach the user through the ServerApp's error; -v shows Flower's own log.
     logging.getLogger("flwr").setLevel(logging.INFO if verbose else logging.CRITICAL)
