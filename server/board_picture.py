@@ -2,11 +2,12 @@
 network) that MLflow's UI shows as a run's artifact, and ``cohortfl leaderboard --format html``
 prints.
 
-Each submission is a row: its out-of-the-box macro-F1 (hollow) and its fine-tuned macro-F1
-(filled), each with its 95% bootstrap interval, joined by an arrow; then the gain, the reported
-class's recall, the paired comparison with the row below ("noise" when its interval holds 0) and
-the compute used. Every text on it comes from run tags and params a contributor chose (names,
-strategy classes), so every text is escaped.
+Each submission is a row of the chart: its out-of-the-box macro-F1 (hollow) and its fine-tuned
+macro-F1 (filled), each with its 95% bootstrap interval, joined by an arrow; then the gain, the
+reported class's recall and the paired comparison with the row below ("noise" when its interval
+holds 0). The table under it has the same numbers and the compute used. Every text on the page
+comes from run tags and params a contributor chose (names, strategy classes), so all of it is
+escaped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PICTURE_TAG = "cohortfl.board_picture"
 PICTURE_FILE = "leaderboard.html"
 PICTURE_RUN_NAME = "leaderboard-picture"
 
-_ROW, _TOP, _LABEL, _PLOT = 34, 46, 300, 360  # pixels: row height, header, label column, chart
+_ROW, _TOP, _LABEL, _PLOT = 34, 46, 220, 320  # pixels: row height, header, label column, chart
 
 
 def render(rows: list[Row], title: str = "cohortfl leaderboard", when: datetime | None = None) -> str:
@@ -78,15 +79,14 @@ def _chart(rows: list[Row]) -> str:
     def x(value: float) -> float:
         return _LABEL + (value - low) / (high - low) * _PLOT
 
-    width, height = _LABEL + _PLOT + 670, _TOP + _ROW * len(rows) + 30
+    width, height = _LABEL + _PLOT + 480, _TOP + _ROW * len(rows) + 30
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
              f'style="max-width: {width}px" '
              f'font-family="system-ui, sans-serif" font-size="13" role="img" '
              f'aria-label="macro-F1 out of the box and after fine-tuning, per submission">',
              '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" '
              'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#5b7db1"/></marker></defs>']
-    columns = (("gain", 90), (f"{REPORTED_CLASS} recall", 250), ("vs next (paired)", 480),
-               ("compute / budget (PF)", 660))  # each column's right edge, right of the chart
+    columns = (("gain", 75), (f"{REPORTED_CLASS} recall", 230), ("vs next (paired)", 470))  # right edges
     parts.append(f'<text x="{_LABEL}" y="16" font-weight="600">macro-F1 on the holdout</text>')
     for name, offset in columns:
         parts.append(f'<text x="{_LABEL + _PLOT + offset}" y="16" font-weight="600" '
@@ -118,8 +118,7 @@ def _chart(rows: list[Row]) -> str:
             parts.append(f'<circle cx="{x(value):.1f}" cy="{y}" r="5" fill="{fill}" '
                          f'stroke="{colour}" stroke-width="2"/>')
         paired = versus_next(rows, i)
-        cells = (_number(row.gain, "+.3f"), _interval(row.reported_recall, row.reported_recall_ci95),
-                 paired, f"{_number(row.budget_used_pf, '.3g')} / {_number(row.budget_pf, 'g')}")
+        cells = (_number(row.gain, "+.3f"), _interval(row.reported_recall, row.reported_recall_ci95), paired)
         for (_, offset), cell in zip(columns, cells, strict=True):
             noise = ' fill="#a15c00" font-weight="600"' if cell.endswith("noise") else ""
             parts.append(f'<text x="{_LABEL + _PLOT + offset}" y="{y + 4}" text-anchor="end"{noise}>'
