@@ -230,7 +230,8 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     picture = ""
     try:
         print(board(job.node.tracking_uri, job.workspace.experiment, batch))
-        picture = draw_picture(job.node.tracking_uri, job.workspace.experiment, workspace.experiment_id)
+        if demo:  # the demo's board is a whole board: its picture is drawn anew
+            picture = draw_picture(job.node.tracking_uri, job.workspace.experiment, workspace.experiment_id)
     except Exception as ex:  # the store went away during the runs: the outcomes above say so
         print(f"(the leaderboard cannot be read now: {type(ex).__name__} from {job.node.tracking_uri})")
     print()

@@ -154,8 +154,11 @@ def test_each_contributor_reads_only_their_own_results_until_the_foundation_publ
                                str(deployment.workspace.layout.root), "--all"],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
-        board = {r.data.tags["cohortfl.published_from"] for r in alice.search_runs([published])}
+        runs = alice.search_runs([published])
+        board = {r.data.tags.get("cohortfl.published_from") for r in runs}
         assert {alices, bobs} <= board
+        assert [r.info.run_name for r in runs if "cohortfl.board_picture" in r.data.tags] == [
+            "leaderboard-picture"]  # the published board's picture, drawn by publish
         with pytest.raises(MlflowException, match="PERMISSION_DENIED|403"):
             alice.get_run(bobs)
 

@@ -6,6 +6,7 @@ MLflow SQLite store in a temporary directory), then reads the store back.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,8 +82,12 @@ def test_the_run_reads_as_a_board_entry(finished_run):
     assert run.data.tags["mlflow.user"] == "alice" and run.data.tags["mlflow.source.git.commit"]
     experiment = MlflowClient(uri).get_experiment(run.info.experiment_id)
     assert "holdout_fine_tuned_macro_f1" in experiment.tags["mlflow.note.content"]
-    assert (f"#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
-            "&orderByKey=metrics.%60holdout_fine_tuned_macro_f1%60&orderByAsc=false") in stdout
+    # the printed link opens the view stored in the experiment: the board's columns, best first
+    [key] = re.findall(rf"#/experiments/{run.info.experiment_id}/runs\?viewStateShareKey=([\w-]+)", stdout)
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{key}"])
+    assert view["orderByKey"] == "metrics.`holdout_fine_tuned_macro_f1`" and view["orderByAsc"] is False
+    assert {"metrics.`holdout_gain_macro_f1`", "metrics.`holdout_fine_tuned_recall_fast`",
+            "tags.`cohortfl.contributor`"} <= set(view["selectedColumns"])
 
 
 def test_no_cohort_rows_reach_mlflow(finished_run):
