@@ -65,17 +65,7 @@ def load_cohort(path: str | Path, schema: CohortSchema = SCHEMA) -> Cohort:
         The file is missing, unreadable or breaks a schema rule.
     """
     path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise CohortValidationError([f"unsupported file type '{path.suffix}': use .csv or .parquet"])
-    if not path.is_file():
-        raise CohortValidationError([f"no cohort file at {path}"])
-    try:
-        frame = reader(path)
-    except Exception as ex:  # the reader's message may quote file content
-        raise CohortValidationError(
-            [f"the file could not be parsed as {path.suffix} ({type(ex).__name__})"]
-        ) from None
+    frame = read_table(path)
     validate_frame(frame, schema)
     return Cohort(
         frame=frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
@@ -83,6 +73,27 @@ def load_cohort(path: str | Path, schema: CohortSchema = SCHEMA) -> Cohort:
         digest=hashlib.sha256(path.read_bytes()).hexdigest(),
         schema=schema,
     )
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A cohort file's table, unchecked.
+
+    Raises
+    ------
+    CohortValidationError
+        The file is missing, of another type, or unreadable (never quoting its content).
+    """
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise CohortValidationError([f"unsupported file type '{path.suffix}': use .csv or .parquet"])
+    if not path.is_file():
+        raise CohortValidationError([f"no cohort file at {path}"])
+    try:
+        return reader(path)
+    except Exception as ex:  # the reader's message may quote file content
+        raise CohortValidationError(
+            [f"the file could not be parsed as {path.suffix} ({type(ex).__name__})"]
+        ) from None
 
 
 #: Records of each class the training split and the holdout need, so that every class's recall and
@@ -167,3 +178,46 @@ def _names(columns: list[str], limit: int = 8) -> str:
     """Join column names, eliding beyond ``limit``."""
     shown = ", ".join(f"'{c}'" for c in columns[:limit])
     return shown + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
+
+
+def check_with_dictionary(path: Path, dictionary_path: Path, holdout_size: int = 128,
+                          split_seed: int = 0) -> list[str]:
+    """``cohortfl cohort check``: a cohort file against the foundation's data dictionary, with the
+    node's own validation and split; a summary (names, groups, counts; never a value).
+
+    Raises
+    ------
+    DictionaryError
+        The dictionary is malformed or does not fit the file's columns.
+    CohortValidationError
+        Every broken rule of the file.
+    """
+    from contract.dictionary import DataDictionary
+
+    dictionary = DataDictionary.from_yaml(dictionary_path)
+    frame = read_table(path)
+    schema = dictionary.resolve([str(c) for c in frame.columns])
+    declared = dictionary.missing_allowed(list(schema.feature_columns))
+    try:
+        validate_frame(frame, schema)
+    except CohortValidationError as ex:
+        if declared and any(p.startswith("missing values") for p in ex.problems):
+            raise CohortValidationError([*ex.problems, (
+                f"{len(declared)} column(s) may be missing by the dictionary, but this node version "
+                "does not impute yet: fill or drop those cells before serving")]) from None
+        raise
+    cohort = Cohort(frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
+                    schema.label_indices(frame[schema.label_column]),
+                    hashlib.sha256(path.read_bytes()).hexdigest(), schema)
+    split = split_cohort(cohort, holdout_size, split_seed)
+    counts = np.bincount(cohort.labels, minlength=len(schema.classes))
+    owner = list(dictionary.groups_of(list(schema.numeric)).values())
+    groups = ", ".join(f"{g.name} {owner.count(g.name)}" for g in dictionary.groups)
+    return [f"{path}: fits {dictionary_path}",
+            f"{len(cohort)} records: {len(split.train)} training, {len(split.holdout)} holdout",
+            f"classes ({'ordinal' if dictionary.ordinal else 'nominal'}): "
+            + ", ".join(f"{c} {n}" for c, n in zip(schema.classes, counts, strict=True)),
+            f"numeric columns by group: {groups}",
+            f"categorical columns: {', '.join(schema.categorical) or 'none'}",
+            f"digest: {cohort.digest}"]
+

@@ -12,6 +12,8 @@
                                              MLflow server, intake)
     cohortfl credential NAME --dir D         issue a contributor's token
     cohortfl publish --dir D --all           publish finished runs to every contributor
+    cohortfl cohort init FILE                draft the cohort's data dictionary
+    cohortfl cohort check FILE --dictionary D   check a cohort file against it
     cohortfl loopback --dir D                workspace + node on this machine, on loopback
     cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
     cohortfl exports [--contributor NAME]    the node's export ledger
@@ -126,6 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     credential = commands.add_parser("credential", help="issue a contributor's token")
     credential.add_argument("contributor")
     credential.add_argument("--dir", type=Path, required=True, help="the workspace's folder")
+    cohort = commands.add_parser("cohort", help="the foundation: its cohort's data dictionary")
+    cohort_commands = cohort.add_subparsers(dest="cohort_command", required=True)
+    draft = cohort_commands.add_parser("init", help="draft a data dictionary from a cohort file, to review")
+    draft.add_argument("file", type=Path, help="the cohort file (.csv or .parquet)")
+    draft.add_argument("--out", type=Path, default=Path("dictionary.yaml"), help="a new file to write")
+    draft.add_argument("--label", default=None, help="the outcome column (default: guessed by name)")
+    draft.add_argument("--id", default=None, help="the record id column (default: guessed by name)")
+    check = cohort_commands.add_parser("check", help="check a cohort file against a data dictionary, "
+                                       "as the node will")
+    check.add_argument("file", type=Path, help="the cohort file (.csv or .parquet)")
+    check.add_argument("--dictionary", type=Path, required=True, help="the foundation's dictionary YAML")
+    check.add_argument("--holdout-size", type=int, default=128)
     loopback = commands.add_parser("loopback", help="workspace + node on loopback, for development")
     loopback.add_argument("--dir", type=Path, default=Path("cohortfl-loopback"))
     args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
@@ -145,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return new_package(args.folder)
     if args.command == "publish":
         return publish_runs(args.dir, args.contributor, args.run)
+    if args.command == "cohort":
+        return cohort_command(args)
     if args.command in ("node", "workspace", "credential", "loopback"):
         return run_role(args)
     if args.command == "submit" and args.workspace:
@@ -315,6 +331,36 @@ def new_package(folder: Path) -> int:
     print(f"try it on the local engine (synthetic cohort):\n  cohortfl submit {folder} "
           f"--contributor YOUR_NAME\nthen send it to the foundation's workspace:\n  cohortfl submit "
           f"{folder} --workspace URL --ca ca.crt --token-file YOUR.token")
+    return 0
+
+
+def cohort_command(args: argparse.Namespace) -> int:
+    """``cohortfl cohort init|check``: the foundation's data dictionary, on its own machine."""
+    from client.cohort import check_with_dictionary, read_table
+    from client.errors import CohortValidationError
+    from contract.dictionary import DictionaryError, draft
+    from contract.files import create_once
+
+    try:
+        if args.cohort_command == "check":
+            print("\n".join(check_with_dictionary(args.file, args.dictionary, args.holdout_size)))
+            return 0
+        if args.out.exists():
+            raise DictionaryError(f"{args.out} exists: review it, or name another file with --out")
+        dictionary = draft(read_table(args.file), label=args.label, id_column=args.id)
+        text = ("# Drafted by `cohortfl cohort init` from the columns of " + args.file.name + ": review it.\n"
+                "# Put label.classes in their order (ordinal: true if they are ordered), name the groups,\n"
+                "# add units and descriptions; it holds names and levels, never a record's value.\n")
+        create_once(args.out, (text + dictionary.to_yaml()).encode())
+    except (DictionaryError, CohortValidationError, OSError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    groups = ", ".join(f"{g.name} ({', '.join(g.columns[:2])}{', ...' if len(g.columns) > 2 else ''})"
+                       for g in dictionary.groups)
+    print(f"wrote {args.out}: id {dictionary.id_column}, label {dictionary.label_column} "
+          f"({len(dictionary.classes)} classes), numeric groups {groups}, "
+          f"{len(dictionary.categorical)} categorical, {len(dictionary.may_be_missing)} with missing cells\n"
+          f"check it: cohortfl cohort check {args.file} --dictionary {args.out}")
     return 0
 
 
