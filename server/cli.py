@@ -349,8 +349,9 @@ def cohort_command(args: argparse.Namespace) -> int:
             raise DictionaryError(f"{args.out} exists: review it, or name another file with --out")
         dictionary = draft(read_table(args.file), label=args.label, id_column=args.id)
         text = ("# Drafted by `cohortfl cohort init` from the columns of " + args.file.name + ": review it.\n"
-                "# Put label.classes in their order (ordinal: true if they are ordered), name the groups,\n"
-                "# add units and descriptions; it holds names and levels, never a record's value.\n")
+                "# Put label.classes in their order (ordinal: true if they are ordered), set label.reported\n"
+                "# (the class whose recall the board shows), name the groups, add units and descriptions.\n"
+                "# It holds names and levels, never a record's value.\n")
         create_once(args.out, (text + dictionary.to_yaml()).encode())
     except (DictionaryError, CohortValidationError, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
