@@ -6,6 +6,7 @@ which interaction terms to add. It never carries code.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +20,12 @@ RAW_GROUPS = ("gene", "clinical", "signature")
 INTERACTION_LEFTS = ("gene_sets", "signatures")
 MAX_INTERACTIONS = 50
 MAX_JSON_CHARS = 2_000_000
+#: Per-column transforms, applied in the order given before standardisation, each fitted on the
+#: node's training split: ``log1p`` (of the value floored at 0: for lognormal laboratory values),
+#: ``rank`` (the training split's empirical distribution function, to [0, 1]), ``clip:Q``
+#: (winsorise at the training split's Q and 1-Q quantiles, 0 < Q <= 0.25).
+TRANSFORMS = ("log1p", "rank", "clip:Q")
+MAX_TRANSFORM_KEYS = 200
 
 
 def column_group(column: str) -> str | None:
@@ -46,6 +53,10 @@ class FeatureSpec:
         Numeric columns whose standardised values multiply every left score.
     interaction_left : {"gene_sets", "signatures"}
         The left scores: the gene-set scores, or the standardised signature columns.
+    transforms : dict of str to tuple of str
+        A numeric column, a raw group (``clinical``) or a shell-style pattern (``clinical_1*``)
+        -> transforms applied in order before standardisation (``TRANSFORMS``); a column may be
+        named by one key only.
 
     Raises
     ------
@@ -59,6 +70,7 @@ class FeatureSpec:
     raw: tuple[str, ...] = RAW_GROUPS
     interactions: tuple[str, ...] = ()
     interaction_left: str = "signatures"
+    transforms: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.gene_sets, dict):
@@ -75,6 +87,11 @@ class FeatureSpec:
             raise FeatureSpecError(f"'interactions': at most {MAX_INTERACTIONS} columns")
         if self.interactions and self.interaction_left == "gene_sets" and not self.gene_sets:
             raise FeatureSpecError("'interactions' with interaction_left 'gene_sets' need gene sets")
+        if not isinstance(self.transforms, dict) or len(self.transforms) > MAX_TRANSFORM_KEYS:
+            raise FeatureSpecError(f"'transforms' must be an object of at most {MAX_TRANSFORM_KEYS} "
+                                   "column, group or pattern -> list of transforms")
+        object.__setattr__(self, "transforms", {
+            str(k): _transforms(str(k), v) for k, v in sorted(self.transforms.items())})
 
     def validate(self, numeric: Sequence[str]) -> None:
         """Check the spec against the numeric columns a pipeline will see.
@@ -102,11 +119,33 @@ class FeatureSpec:
         if (self.interactions and self.interaction_left == "signatures"
                 and not any(column_group(c) == "signature" for c in numeric)):
             raise FeatureSpecError("'interactions' with interaction_left 'signatures' need signature columns")
+        self.transform_plan(numeric)
+
+    def transform_plan(self, numeric: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """Each numeric column that has transforms -> its transforms.
+
+        Raises
+        ------
+        FeatureSpecError
+            A key matches no numeric column, or a column is matched by two keys.
+        """
+        plan: dict[str, tuple[str, ...]] = {}
+        for key, steps in self.transforms.items():
+            matched = [c for c in numeric if c == key or column_group(c) == key
+                       or (any(ch in key for ch in "*?[") and fnmatch.fnmatchcase(c, key))]
+            if not matched:
+                raise FeatureSpecError(f"'transforms': '{key[:40]}' matches no numeric column")
+            twice = [c for c in matched if c in plan]
+            if twice:
+                raise FeatureSpecError(f"'transforms': column '{twice[0][:40]}' is named by two keys")
+            plan.update(dict.fromkeys(matched, steps))
+        return plan
 
     def to_json(self) -> str:
         """Serialise as compact JSON with sorted keys."""
         data = asdict(self)
         data["gene_sets"] = {k: list(v) for k, v in self.gene_sets.items()}
+        data["transforms"] = {k: list(v) for k, v in self.transforms.items()}
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -144,6 +183,23 @@ def _names(key: str, value: object, allowed: Sequence[str] | None) -> tuple[str,
     if allowed is not None and not set(value) <= set(allowed):
         raise FeatureSpecError(f"'{key}' entries must be among {list(allowed)}")
     return tuple(value)
+
+
+def _transforms(key: str, value: object) -> tuple[str, ...]:
+    """Check one key's list of transforms (``TRANSFORMS``) and return it as a tuple."""
+    steps = _names(f"transforms.{key[:40]}", value, None)
+    for step in steps:
+        name, _, argument = step.partition(":")
+        if step in ("log1p", "rank"):
+            continue
+        try:
+            quantile = float(argument) if name == "clip" else None
+        except ValueError:
+            quantile = None
+        if quantile is None or not 0 < quantile <= 0.25:
+            raise FeatureSpecError(f"'transforms.{key[:40]}': '{step[:40]}' is not one of {list(TRANSFORMS)} "
+                                   "(clip:Q with 0 < Q <= 0.25)")
+    return steps
 
 
 def _choice(key: str, value: object, allowed: Sequence[str]) -> None:

@@ -1,9 +1,10 @@
 """Feature pipelines the node runs from a declarative spec, fitted on one frame only.
 
 A ``FeaturePipeline`` turns a cohort frame into the model's input matrix: raw numeric
-columns standardised, categoricals one-hot against fixed levels, gene-set scores and
-interaction terms as its ``FeatureSpec`` declares. Every statistic comes from the
-frame passed to ``fit``; ``transform`` applies them to any frame.
+columns transformed as declared (log1p, rank, clip) and standardised, categoricals one-hot
+against fixed levels, gene-set scores and interaction terms as its ``FeatureSpec`` declares.
+Every statistic comes from the frame passed to ``fit`` (the node's training split);
+``transform`` applies them to any frame.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class FeaturePipeline:
 
     Attributes
     ----------
+    transforms_ : list of (int, tuple of str, list)
+        Each transformed column's index, its transforms and each one's statistics on the fit
+        frame (kept on the node with the pipeline; never part of a reply).
     mean_, scale_ : numpy.ndarray, shape (len(numeric),)
         Every numeric column's mean and standard deviation (1 where 0) on the fit frame.
     components_ : dict of str to numpy.ndarray
@@ -73,7 +77,14 @@ class FeaturePipeline:
             The spec does not fit the numeric columns.
         """
         self.spec.validate(self.numeric)
-        values = frame[self.numeric].to_numpy(dtype=np.float64)
+        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=True)
+        self.transforms_ = []  # (column index, steps, each step's statistics), from this frame only
+        for column, steps in self.spec.transform_plan(self.numeric).items():
+            i, fitted = self.numeric.index(column), []
+            for step in steps:
+                fitted.append(_fit_step(step, values[:, i]))
+                values[:, i] = _apply_step(step, fitted[-1], values[:, i])
+            self.transforms_.append((i, steps, fitted))
         self.mean_ = values.mean(axis=0)
         self.scale_ = _nonzero(values.std(axis=0))
         standardised = (values - self.mean_) / self.scale_
@@ -88,7 +99,10 @@ class FeaturePipeline:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Return the float32 feature matrix, shape (len(frame), n_features)."""
-        values = frame[self.numeric].to_numpy(dtype=np.float64)
+        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=bool(self.transforms_))
+        for i, steps, fitted in self.transforms_:
+            for step, statistics in zip(steps, fitted, strict=True):
+                values[:, i] = _apply_step(step, statistics, values[:, i])
         standardised = (values - self.mean_) / self.scale_
         blocks = [standardised[:, self._raw_index()]]
         for column, levels in self.categorical.items():
@@ -142,6 +156,26 @@ class FeaturePipeline:
         if self.spec.interaction_left == "gene_sets":
             return list(self.spec.gene_sets)
         return [self.numeric[i] for i in self._signatures()]
+
+
+def _fit_step(step: str, column: np.ndarray) -> np.ndarray | None:
+    """The statistics one transform needs, from the fit frame's column: the sorted values for
+    ``rank``, the two quantiles for ``clip:Q``, nothing for ``log1p``."""
+    if step == "rank":
+        return np.sort(column)
+    if step.startswith("clip:"):
+        quantile = float(step.partition(":")[2])
+        return np.quantile(column, [quantile, 1 - quantile])
+    return None
+
+
+def _apply_step(step: str, statistics: np.ndarray | None, column: np.ndarray) -> np.ndarray:
+    """One transform of one column (``FeatureSpec.transforms``)."""
+    if step == "log1p":
+        return np.log1p(np.maximum(column, 0.0))
+    if step == "rank":  # the fit frame's empirical distribution function
+        return np.searchsorted(statistics, column, side="right") / len(statistics)
+    return np.clip(column, statistics[0], statistics[1])
 
 
 def _nonzero(scale: np.ndarray) -> np.ndarray:

@@ -347,6 +347,20 @@ def test_a_second_run_is_compared_with_the_first_record_by_record(node, store, f
     assert kept[finished.facts.submission_id] == kept[facts.submission_id] == len(node.cohort.y_holdout)
 
 
+def test_declared_transforms_run_on_the_node_within_its_rules(node, store):
+    """Transforms are fitted on the node's training split; the reply is still weights only."""
+    features = FeatureSpec(transforms={"clinical": ("log1p", "clip:0.01"), "signature_*": ("rank",)})
+    facts = node_run(contributor="tester-t", submission_id=_new_run(store), model=ModelSpec("linear"),
+                     seed=0, num_rounds=1, features=features)
+    initial = _initial(node, facts)
+    node.score_out_of_the_box(RecordDict({"arrays": initial}), facts)
+    reply = node.train(_train_content(initial, 1), facts)
+    assert set(reply.keys()) == {"arrays", "metrics"} and set(reply["metrics"].keys()) == TRAIN_REPLY_KEYS
+    assert set(reply["arrays"].keys()) == set(initial.keys())
+    node.score_fine_tuned(RecordDict({"arrays": reply["arrays"]}), facts)
+    assert "holdout_fine_tuned_macro_f1" in MlflowClient(store[0]).get_run(facts.submission_id).data.metrics
+
+
 def test_a_gene_set_pipeline_and_the_pathway_model_run_on_the_node(node, store, tmp_path):
     sets = {"a": ("gene_0", "gene_1", "gene_2", "gene_5", "gene_6"), "b": ("gene_3", "gene_4")}
     features = FeatureSpec(gene_sets=sets, gene_set_score="pc1", interactions=("clinical_0",),

@@ -232,3 +232,57 @@ def test_errors_never_echo_long_values():
             assert len(str(error)) < 200
         else:
             pytest.fail("a bad spec was accepted")
+
+
+# --- declared transforms, fitted on the fit frame only ------------------------------------
+
+def _standard(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=float)
+    return (values - values.mean()) / values.std()
+
+
+def test_log1p_rank_and_clip_are_what_they_say_on_the_fit_frame():
+    train = frame(0)
+    train["clinical_0"] = np.exp(train["clinical_0"])  # a lognormal laboratory value
+    fitted = pipeline(transforms={"clinical_0": ["log1p"], "signature_*": ["rank"],
+                                  "clinical_1": ["clip:0.1"]}).fit(train)
+    out = pd.DataFrame(fitted.transform(train), columns=fitted.feature_names)
+    np.testing.assert_allclose(out["clinical_0"], _standard(np.log1p(train["clinical_0"])), atol=1e-5)
+    ranks = train["signature_0"].rank(method="max").to_numpy() / len(train)
+    np.testing.assert_allclose(out["signature_0"], _standard(ranks), atol=1e-5)
+    clipped = np.clip(train["clinical_1"], *np.quantile(train["clinical_1"], [0.1, 0.9]))
+    np.testing.assert_allclose(out["clinical_1"], _standard(clipped), atol=1e-5)
+    np.testing.assert_allclose(out["clinical_2"], _standard(train["clinical_2"]), atol=1e-5)  # untouched
+
+
+def test_transform_statistics_come_from_the_fit_frame_only():
+    train, other = frame(0), frame(1)
+    other.loc[0, "clinical_1"] = 1e6  # an outlier in the frame being transformed, not fitted
+    fitted = pipeline(transforms={"clinical": ["clip:0.05", "rank"]}).fit(train)
+    again = pipeline(transforms={"clinical": ["clip:0.05", "rank"]}).fit(train)
+    a = fitted.transform(other)
+    np.testing.assert_array_equal(a, again.transform(other))
+    column = fitted.feature_names.index("clinical_1")
+    low, high = np.quantile(train["clinical_1"], [0.05, 0.95])
+    seen = np.sort(np.clip(train["clinical_1"], low, high))  # the fit frame's, clipped
+    ranks = np.searchsorted(seen, seen, side="right") / len(seen)
+    outlier = np.searchsorted(seen, high, side="right") / len(seen)  # clipped to the fit frame's 95%
+    assert a[0, column] == pytest.approx((outlier - ranks.mean()) / ranks.std(), abs=1e-5)
+
+
+@pytest.mark.parametrize(("transforms", "message"), [
+    ({"clinical_0": ["sqrt"]}, "is not one of"),
+    ({"clinical_0": ["clip:0.5"]}, "0 < Q <= 0.25"),
+    ({"clinical_0": "log1p"}, "must be a list of strings"),
+    ({"nothing_*": ["rank"]}, "matches no numeric column"),
+    ({"clinical": ["rank"], "clinical_0": ["log1p"]}, "named by two keys"),
+])
+def test_a_transform_the_node_does_not_know_is_refused_by_rule(transforms, message):
+    with pytest.raises(FeatureSpecError, match=message):
+        pipeline(transforms=transforms).fit(frame(0))
+
+
+def test_transforms_travel_as_json():
+    spec = FeatureSpec(transforms={"clinical": ["log1p", "clip:0.01"]})
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+    assert json.loads(spec.to_json())["transforms"] == {"clinical": ["log1p", "clip:0.01"]}
