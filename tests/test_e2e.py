@@ -77,7 +77,7 @@ def test_the_run_reads_as_a_board_entry(finished_run):
     uri, run, _, stdout = finished_run
     metrics = run.data.metrics
     assert metrics["holdout_gain_macro_f1"] == pytest.approx(
-        metrics["holdout_fine_tuned_macro_f1"] - metrics["holdout_out_of_the_box_macro_f1"])
+        metrics["holdout_fine_tuned_macro_f1"] - metrics["holdout_out_of_the_box_macro_f1"], abs=1e-6)
     assert run.info.run_name == f"alice-FedAvg-{run.info.run_id[:6]}"
     assert run.data.tags["mlflow.user"] == "alice" and run.data.tags["mlflow.source.git.commit"]
     experiment = MlflowClient(uri).get_experiment(run.info.experiment_id)
