@@ -16,11 +16,17 @@ from processes import engine_processes_after
 EXPERIMENT = "cohortfl-leaderboard"
 
 
+def as_a_terminals_job() -> None:
+    """SIGINT as a terminal's foreground job has it: a test run in the background (``cmd &`` in a
+    script, as CI may do) inherits SIGINT ignored, and Python then installs no Ctrl-C handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(tmp_path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")}
     return subprocess.Popen([sys.executable, "-m", "server.cli", *args, f"output_dir={tmp_path}"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=as_a_terminals_job)
 
 
 def interrupt_when(process: subprocess.Popen, line: str, signum: int) -> tuple[float, str]:
