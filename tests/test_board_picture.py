@@ -110,8 +110,8 @@ def test_an_analyst_sees_the_published_board_and_its_picture_in_the_mlflow_ui(tm
                                        ignore_https_errors=True, viewport={"width": 1800, "height": 700}
                                        ).new_page()
             try:
-                page.goto(board_link(server.uri, published))
-                _shows(page, [*names.values(), "The published board", "matching runs"])
+                _open(page, board_link(server.uri, published),
+                      [*names.values(), "The published board", "matching runs"])
                 # the board's view: its key numbers as columns, best first (the picture run last)
                 _shows(page, [LEADERBOARD_METRIC, "holdout_gain_macro_f1", "cohortfl.contributor"])
                 body = page.inner_text("body")
@@ -121,7 +121,7 @@ def test_an_analyst_sees_the_published_board_and_its_picture_in_the_mlflow_ui(tm
                 assert order == sorted(order)
                 page.screenshot(path=str(ARTIFACTS / "published-board-runs.png"))
 
-                page.goto(picture_link(server.uri, published, picture))
+                _open(page, picture_link(server.uri, published, picture), [PICTURE_FILE])
                 page.get_by_text(PICTURE_FILE).first.click(timeout=90_000)
                 frame = _frame_with(page, "cohortfl leaderboard (published)")
                 assert frame.locator("svg circle").count() == 4  # two runs, before and after
@@ -135,6 +135,36 @@ def test_an_analyst_sees_the_published_board_and_its_picture_in_the_mlflow_ui(tm
                 browser.close()
     finally:
         stop_process(process)
+
+
+def _open(page, url: str, texts: list[str], loads: int = 3, timeout: float = 60.0) -> None:
+    """Open ``url`` and wait until it shows ``texts``, loading it again (as a person would) when
+    MLflow's UI fails to load: once in CI one of its chunks never reached the server and the UI showed
+    its error page ("Something went wrong"; a chunk aborted on purpose shows the same). Each reload
+    is printed with what the browser reported, and the last failure says what the page showed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    problems: list[str] = []
+    listeners = {"requestfailed": lambda r: problems.append(f"request failed: {r.url} ({r.failure})"),
+                 "pageerror": lambda e: problems.append(f"page error: {e}"),
+                 "console": lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None}
+    for event, listener in listeners.items():
+        page.on(event, listener)
+    try:
+        for load in range(1, loads + 1):
+            page.goto(url) if load == 1 else page.reload()  # a new hash alone would not reload
+            try:
+                _shows(page, texts, timeout)
+                return
+            except PlaywrightTimeout:
+                shown = page.inner_text("body")[:600].replace("\n", " | ")
+                print(f"load {load} of {url} did not show {texts} in {timeout:.0f} s; it showed: {shown!r}; "
+                      f"the browser reported: {problems[-8:]}")
+                problems.clear()
+    finally:
+        for event, listener in listeners.items():
+            page.remove_listener(event, listener)
+    raise AssertionError(f"MLflow's UI did not show {texts} in {loads} loads of {url}; see the output above")
 
 
 def _shows(page, texts: list[str], timeout: float = 90.0) -> None:
