@@ -17,10 +17,8 @@ from matplotlib.figure import Figure
 
 from client.holdout import macro_f1
 from contract.schema import ID_COLUMN, LABEL_COLUMN
+from models.columns import ColumnGroups
 
-GENE_PREFIX, CLINICAL_PREFIX, SIGNATURE_PREFIX = "gene_", "clinical_", "signature_"
-_PREFIX_GROUPS: dict[str, str] = {"genes": GENE_PREFIX, "clinical": CLINICAL_PREFIX,
-                                  "signatures": SIGNATURE_PREFIX}
 _NOT_FEATURES: tuple[str, ...] = (ID_COLUMN, LABEL_COLUMN)
 
 
@@ -115,8 +113,9 @@ def single_feature_groups(columns: Sequence[str], *,
 
 
 def column_groups(columns: Sequence[str], gene_sets: Mapping[str, Sequence[str]] | None = None, *,
+                  groups: ColumnGroups | None = None,
                   exclude: Collection[str] = _NOT_FEATURES) -> dict[str, list[str]]:
-    """Coarse groups: genes, clinical, signatures, each categorical column, each gene set.
+    """Coarse groups: the data dictionary's groups, each other column, each gene set.
 
     Parameters
     ----------
@@ -124,14 +123,16 @@ def column_groups(columns: Sequence[str], gene_sets: Mapping[str, Sequence[str]]
         Column names, e.g. ``frame.columns``.
     gene_sets : mapping of str to sequence of str, optional
         Gene set name -> its gene columns; each becomes a group ``"set:<name>"``.
+    groups : ColumnGroups, optional
+        The numeric columns' groups (the cohort's data dictionary); by default the demo's,
+        by column prefix (``gene``, ``clinical``, ``signature``).
     exclude : collection of str, default the id and label columns
         Columns that are not features and belong to no group.
 
     Returns
     -------
     dict of str to list of str
-        ``"genes"`` (all ``gene_*``), ``"clinical"`` (``clinical_*``), ``"signatures"``
-        (``signature_*``), where any such column is present; then one group per other
+        Each group of ``groups`` with a column among ``columns``; then one group per other
         column, named by the column (the categorical ones); then the gene sets.
 
     Raises
@@ -140,21 +141,20 @@ def column_groups(columns: Sequence[str], gene_sets: Mapping[str, Sequence[str]]
         If a gene set is empty or names a column that is not a gene column of ``columns``.
     """
     features = [column for column in columns if column not in exclude]
-    groups = {name: [column for column in features if column.startswith(prefix)]
-              for name, prefix in _PREFIX_GROUPS.items()}
-    groups = {name: members for name, members in groups.items() if members}
-    prefixes = tuple(_PREFIX_GROUPS.values())
-    groups.update({column: [column] for column in features if not column.startswith(prefixes)})
-    genes = set(groups.get("genes", []))
+    groups = groups or ColumnGroups.by_prefix(features)
+    found: dict[str, list[str]] = {}
+    for column in features:
+        found.setdefault(groups.group(column) or column, []).append(column)
+    genes = set(found.get(groups.genes, [])) if groups.genes else set()
     for name, members in (gene_sets or {}).items():
         if not members:
             raise ValueError(f"gene set '{name}' is empty: give it at least one gene column")
         unknown = [column for column in members if column not in genes]
         if unknown:
-            raise ValueError(f"gene set '{name}' names '{unknown[0]}', which is not a "
-                             f"{GENE_PREFIX}* column of the frame: use gene column names")
-        groups[f"set:{name}"] = list(members)
-    return groups
+            raise ValueError(f"gene set '{name}' names '{unknown[0]}', which is not a gene column "
+                             f"of the frame ({groups.genes or 'the cohort has no genes group'})")
+        found[f"set:{name}"] = list(members)
+    return found
 
 
 def importance_table(importances: Mapping[str, Importance]) -> pd.DataFrame:

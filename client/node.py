@@ -386,13 +386,14 @@ class Node:
             {name: {"mean": i.mean, "sd": i.sd} for name, i in importances.items()}, indent=1))
 
     def _importance_groups(self, run: Submission) -> dict[str, list[str]]:
-        """Column groups (genes, clinical, signatures, each categorical) and the run's gene sets of
+        """Column groups (the dictionary's groups, each categorical) and the run's gene sets of
         at least ``importance_min_genes`` genes (the first ``importance_gene_sets`` by name, the
         model's prior over the pipeline's)."""
         given = {**run.features.gene_sets, **run.model.params.get("gene_sets", {})}
         given = {name: genes for name, genes in given.items() if len(genes) >= self.importance_min_genes}
         gene_sets = {name: list(given[name]) for name in sorted(given)[:self.importance_gene_sets]}
-        return column_groups(list(self.cohort.schema.feature_columns), gene_sets)
+        schema = self.cohort.schema
+        return column_groups(list(schema.feature_columns), gene_sets, groups=schema.groups)
 
     def _compare(self, predictions: np.ndarray, submission_id: str) -> dict[str, PairedDifference]:
         """Keep this run's holdout predictions on the node; compare them, record by record,

@@ -5,7 +5,7 @@ A YAML file the foundation owns (``conf/dictionary/``)::
     id: patient_id
     label: {column: progression, classes: [Slow, Medium, Fast], ordinal: true, reported: Fast}
     groups:                      # numeric columns, by name list or shell-style pattern
-      genes: {columns: "gene_*", unit: log2 TPM, description: ...}
+      gene: {columns: "gene_*", role: genes, unit: log2 TPM, description: ...}
       clinical: {columns: [age, ck, nfl], units: {ck: U/L}}
     categorical: {sex: [female, male]}
     may_be_missing: [nfl]        # names or patterns
@@ -13,7 +13,10 @@ A YAML file the foundation owns (``conf/dictionary/``)::
 It holds names, units, descriptions, categorical levels and classes, never a value of a record.
 ``draft`` writes a first version from a cohort file for the foundation to review; ``resolve``
 turns it into the ``CohortSchema`` the node validates a file against (``client/cohort.py``), with
-every pattern expanded against that file's columns.
+every pattern expanded against that file's columns. A group's ``role`` says which columns gene
+sets and pathway models draw on (``genes``) and which are signature scores (``signatures``); a
+group named ``gene``/``genes`` or ``signature``/``signatures`` has that role unless it says
+otherwise. Feature specs name groups by the dictionary's names (``raw: [gene, clinical]``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from contract.schema import CohortSchema
+from models.columns import ColumnGroups
 
 #: Fewer distinct values than this makes a non-numeric column categorical when drafting.
 MAX_LEVELS = 20
@@ -44,6 +48,11 @@ class Group:
     unit: str = ""
     description: str = ""
     units: dict[str, str] = field(default_factory=dict)  # per column, where they differ
+    role: str = ""  # "genes", "signatures" or none
+
+#: The roles a group may play (``models.columns.ColumnGroups``), and the names that imply one.
+ROLES = ("genes", "signatures")
+_ROLE_BY_NAME = {"gene": "genes", "genes": "genes", "signature": "signatures", "signatures": "signatures"}
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,16 @@ class DataDictionary:
             if not (isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns)):
                 problems.append(f"groups.{name}.columns: a list of column names or patterns")
                 continue
+            role = str(spec.get("role") or _ROLE_BY_NAME.get(str(name), ""))
+            if role not in ("", *ROLES):
+                problems.append(f"groups.{name}.role: one of {list(ROLES)}")
             parsed.append(Group(str(name), tuple(columns), str(spec.get("unit", "")),
                                 str(spec.get("description", "")),
-                                {str(k): str(v) for k, v in (spec.get("units") or {}).items()}))
+                                {str(k): str(v) for k, v in (spec.get("units") or {}).items()}, role))
+        for role in ROLES:
+            having = [g.name for g in parsed if g.role == role]
+            if len(having) > 1:
+                problems.append(f"groups: only one group may have role '{role}' ({', '.join(having)})")
         categorical = raw.get("categorical") or {}
         if not isinstance(categorical, dict) or not all(
                 isinstance(v, list) and v for v in categorical.values()):
@@ -133,6 +149,8 @@ class DataDictionary:
                 spec["description"] = group.description
             if group.units:
                 spec["units"] = dict(group.units)
+            if group.role and group.role != _ROLE_BY_NAME.get(group.name):
+                spec["role"] = group.role
             groups[group.name] = spec
         return yaml.safe_dump({
             "id": self.id_column,
@@ -153,9 +171,11 @@ class DataDictionary:
             A name or pattern matches no column, or one column falls in two places.
         """
         owner = self.groups_of(columns)
+        role = {g.role: g.name for g in self.groups if g.role}
         return CohortSchema(numeric=tuple(owner), categorical=dict(self.categorical),
                             id_column=self.id_column, label_column=self.label_column,
-                            classes=self.classes, reported_class=self.reported_class or self.classes[-1])
+                            classes=self.classes, reported_class=self.reported_class or self.classes[-1],
+                            groups=ColumnGroups(owner, role.get("genes"), role.get("signatures")))
 
     def groups_of(self, columns: list[str] | tuple[str, ...]) -> dict[str, str]:
         """Each numeric column of ``columns`` and its group, in the dictionary's order.
@@ -233,7 +253,8 @@ def draft(table: pd.DataFrame, label: str | None = None, id_column: str | None =
     return DataDictionary(
         id_column=id_column, label_column=label, classes=classes, ordinal=False,
         reported_class=classes[-1],
-        groups=tuple(Group(name, _compact(cols, name)) for name, cols in groups.items()),
+        groups=tuple(Group(name, _compact(cols, name), role=_ROLE_BY_NAME.get(name, ""))
+                     for name, cols in groups.items()),
         categorical=categorical,
         may_be_missing=tuple(c for c in columns if c not in (id_column, label) and table[c].isna().any()))
 

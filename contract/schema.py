@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from contract.names import REPORTED_CLASS
+from models.columns import ColumnGroups
 from models.pipeline import FeaturePipeline, FeatureSpec
 
 GENE_COLUMNS: tuple[str, ...] = tuple(f"gene_{i}" for i in range(200))
@@ -37,6 +38,9 @@ class CohortSchema:
         The label's classes, in order (progression is ordinal: Slow < Medium < Fast).
     reported_class : str
         The class whose recall the leaderboard shows beside macro-F1.
+    groups : ColumnGroups
+        Each numeric column's group and the groups with a role (genes, signatures); by default
+        the demo's, by column prefix.
     """
 
     numeric: tuple[str, ...] = GENE_COLUMNS + CLINICAL_COLUMNS + SIGNATURE_COLUMNS
@@ -47,6 +51,11 @@ class CohortSchema:
     label_column: str = LABEL_COLUMN
     classes: tuple[str, ...] = CLASSES
     reported_class: str = REPORTED_CLASS
+    groups: ColumnGroups | None = None
+
+    def __post_init__(self) -> None:
+        if self.groups is None:
+            object.__setattr__(self, "groups", ColumnGroups.by_prefix(self.numeric))
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -65,8 +74,8 @@ class CohortSchema:
         FeatureSpecError
             The spec names columns the schema does not have.
         """
-        spec.validate(self.numeric)
-        return FeaturePipeline(spec, self.numeric, self.categorical)
+        spec.validate(self.numeric, self.groups)
+        return FeaturePipeline(spec, self.numeric, self.categorical, self.groups)
 
     @property
     def all_columns(self) -> tuple[str, ...]:

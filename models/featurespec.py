@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from models.columns import ColumnGroups
 from models.errors import FeatureSpecError
 from models.genesets import gene_set_problem
 
 SCORE_KINDS = ("mean", "pc1", "rank")
-RAW_GROUPS = ("gene", "clinical", "signature")
 INTERACTION_LEFTS = ("gene_sets", "signatures")
 MAX_INTERACTIONS = 50
 MAX_JSON_CHARS = 2_000_000
@@ -26,12 +26,6 @@ MAX_JSON_CHARS = 2_000_000
 #: (winsorise at the training split's Q and 1-Q quantiles, 0 < Q <= 0.25).
 TRANSFORMS = ("log1p", "rank", "clip:Q")
 MAX_TRANSFORM_KEYS = 200
-
-
-def column_group(column: str) -> str | None:
-    """The raw group a numeric column belongs to by its prefix (``gene_3`` -> ``gene``), or None."""
-    prefix = column.split("_", 1)[0]
-    return prefix if prefix in RAW_GROUPS and column != prefix else None
 
 
 @dataclass(frozen=True)
@@ -46,15 +40,16 @@ class FeatureSpec:
     gene_set_score : {"mean", "pc1", "rank"}
         How a set's genes become one score: the mean of its standardised genes, their
         first principal component, or each record's scaled mean rank of the set's genes.
-    raw : tuple of {"gene", "clinical", "signature"}
-        Raw numeric column groups kept, standardised. Columns in none of these groups
-        are always kept.
+    raw : tuple of str, or None
+        The groups of raw numeric columns kept, standardised (group names of the cohort's data
+        dictionary: ``gene``, ``clinical``, ``signature`` for the demo's); None keeps every group.
+        Columns in no group are always kept.
     interactions : tuple of str
         Numeric columns whose standardised values multiply every left score.
     interaction_left : {"gene_sets", "signatures"}
         The left scores: the gene-set scores, or the standardised signature columns.
     transforms : dict of str to tuple of str
-        A numeric column, a raw group (``clinical``) or a shell-style pattern (``clinical_1*``)
+        A numeric column, a group (``clinical``) or a shell-style pattern (``clinical_1*``)
         -> transforms applied in order before standardisation (``TRANSFORMS``); a column may be
         named by one key only.
 
@@ -67,7 +62,7 @@ class FeatureSpec:
 
     gene_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     gene_set_score: str = "mean"
-    raw: tuple[str, ...] = RAW_GROUPS
+    raw: tuple[str, ...] | None = None
     interactions: tuple[str, ...] = ()
     interaction_left: str = "signatures"
     transforms: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -79,7 +74,8 @@ class FeatureSpec:
         if problem:
             raise FeatureSpecError(f"'gene_sets': {problem}")
         object.__setattr__(self, "gene_sets", {k: tuple(self.gene_sets[k]) for k in sorted(self.gene_sets)})
-        object.__setattr__(self, "raw", _names("raw", self.raw, RAW_GROUPS))
+        if self.raw is not None:
+            object.__setattr__(self, "raw", _names("raw", self.raw, None))
         object.__setattr__(self, "interactions", _names("interactions", self.interactions, None))
         _choice("gene_set_score", self.gene_set_score, SCORE_KINDS)
         _choice("interaction_left", self.interaction_left, INTERACTION_LEFTS)
@@ -93,21 +89,30 @@ class FeatureSpec:
         object.__setattr__(self, "transforms", {
             str(k): _transforms(str(k), v) for k, v in sorted(self.transforms.items())})
 
-    def validate(self, numeric: Sequence[str]) -> None:
+    def validate(self, numeric: Sequence[str], groups: ColumnGroups | None = None) -> None:
         """Check the spec against the numeric columns a pipeline will see.
 
         Parameters
         ----------
         numeric : sequence of str
-            Numeric column names; gene columns are those of the ``gene`` group.
+            Numeric column names.
+        groups : ColumnGroups, optional
+            Their groups (the data dictionary's); by default the demo's, by column prefix.
 
         Raises
         ------
         FeatureSpecError
-            A gene set names a column that is not a gene column, or an interaction
-            column is not a numeric column, or there are no signatures to interact with.
+            A raw group the cohort does not have, a gene set that names a column outside the genes
+            group, an interaction column that is not a numeric column, or no signatures to
+            interact with.
         """
-        genes = {c for c in numeric if column_group(c) == "gene"}
+        groups = groups or ColumnGroups.by_prefix(numeric)
+        if self.raw is not None:
+            unknown = [g for g in self.raw if g not in groups.names]
+            if unknown:
+                raise FeatureSpecError(f"'raw': '{unknown[0][:40]}' is not a group of this cohort; "
+                                       f"its groups: {list(groups.names)}")
+        genes = set(groups.gene_columns())
         problem = gene_set_problem(self.gene_sets, genes)
         if problem:
             raise FeatureSpecError(f"'gene_sets': {problem}")
@@ -117,11 +122,12 @@ class FeatureSpec:
             raise FeatureSpecError(f"'interactions': {len(unknown)} name(s) are not numeric columns, "
                                    f"e.g. '{unknown[0][:40]}'")
         if (self.interactions and self.interaction_left == "signatures"
-                and not any(column_group(c) == "signature" for c in numeric)):
+                and not groups.columns(groups.signatures)):
             raise FeatureSpecError("'interactions' with interaction_left 'signatures' need signature columns")
-        self.transform_plan(numeric)
+        self.transform_plan(numeric, groups)
 
-    def transform_plan(self, numeric: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    def transform_plan(self, numeric: Sequence[str],
+                       groups: ColumnGroups | None = None) -> dict[str, tuple[str, ...]]:
         """Each numeric column that has transforms -> its transforms.
 
         Raises
@@ -129,9 +135,10 @@ class FeatureSpec:
         FeatureSpecError
             A key matches no numeric column, or a column is matched by two keys.
         """
+        groups = groups or ColumnGroups.by_prefix(numeric)
         plan: dict[str, tuple[str, ...]] = {}
         for key, steps in self.transforms.items():
-            matched = [c for c in numeric if c == key or column_group(c) == key
+            matched = [c for c in numeric if c == key or groups.group(c) == key
                        or (any(ch in key for ch in "*?[") and fnmatch.fnmatchcase(c, key))]
             if not matched:
                 raise FeatureSpecError(f"'transforms': '{key[:40]}' matches no numeric column")

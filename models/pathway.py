@@ -4,7 +4,6 @@ interactions with covariates, and a classifier head.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -12,10 +11,6 @@ from torch import nn
 
 from models.featurespec import MAX_INTERACTIONS
 from models.genesets import gene_set_problem
-
-#: Inputs a gene set may hold, and those a set score may interact with.
-_GENE = re.compile(r"gene_\d+")
-_COVARIATE = re.compile(r"(clinical|signature)_\d+")
 
 
 class GeneSetLayer(nn.Module):
@@ -72,11 +67,14 @@ class PathwayNet(nn.Module):
         Set name -> gene column names, each among ``feature_names``; the layer's rows
         follow the sorted set names.
     interaction_columns : sequence of str
-        Columns among ``feature_names`` that interact with every set score.
+        Raw numeric columns among ``feature_names``, not genes, that interact with every set score.
     hidden : int
         Width of the head's hidden layer; 0 for a linear head.
     dropout : float
         Dropout probability after the hidden activation.
+    gene_names : sequence of str, optional
+        The inputs that are genes (set by the node from the data dictionary's genes group); by
+        default every input but the interaction columns.
 
     Raises
     ------
@@ -87,10 +85,11 @@ class PathwayNet(nn.Module):
 
     def __init__(self, n_features: int, n_classes: int, feature_names: Sequence[str],
                  gene_sets: Mapping[str, Sequence[str]], interaction_columns: Sequence[str] = (),
-                 hidden: int = 0, dropout: float = 0.0) -> None:
+                 hidden: int = 0, dropout: float = 0.0, gene_names: Sequence[str] | None = None) -> None:
         super().__init__()
         names = list(feature_names)
-        _check(n_features, names, gene_sets, interaction_columns, hidden, dropout)
+        _check(n_features, names, gene_sets, interaction_columns, hidden, dropout,
+               set(names).difference(interaction_columns) if gene_names is None else set(gene_names))
         gene_sets = {name: gene_sets[name] for name in sorted(gene_sets)}
         position = {name: i for i, name in enumerate(names)}
         in_sets = {g for genes in gene_sets.values() for g in genes}
@@ -127,14 +126,14 @@ def _head(width: int, n_classes: int, hidden: int, dropout: float) -> nn.Module:
 
 
 def _check(n_features: int, names: list[str], gene_sets: Mapping[str, Sequence[str]],
-           interaction_columns: Sequence[str], hidden: int, dropout: float) -> None:
+           interaction_columns: Sequence[str], hidden: int, dropout: float, genes: set[str]) -> None:
     """Raise ValueError naming the first constructor argument that breaks a rule."""
     known = set(names)
     if len(names) != n_features or len(known) != len(names):
         raise ValueError("feature_names must be n_features distinct names")
     if not isinstance(gene_sets, Mapping) or not gene_sets:
         raise ValueError("gene_sets must name at least one gene set")
-    problem = gene_set_problem(gene_sets, {n for n in names if _GENE.fullmatch(n)})
+    problem = gene_set_problem(gene_sets, genes & known)
     if problem:
         raise ValueError(f"gene_sets: {problem}")
     if isinstance(interaction_columns, str) or not all(isinstance(c, str) for c in interaction_columns):
@@ -142,9 +141,10 @@ def _check(n_features: int, names: list[str], gene_sets: Mapping[str, Sequence[s
     if len(interaction_columns) > MAX_INTERACTIONS:
         raise ValueError(f"interaction_columns: at most {MAX_INTERACTIONS} columns")
     if (len(set(interaction_columns)) != len(interaction_columns)
-            or not all(c in known and _COVARIATE.fullmatch(c) for c in interaction_columns)):
-        raise ValueError("interaction_columns must be distinct clinical_* or signature_* columns "
-                         "among feature_names")
+            or not all(c in known and c not in genes and "=" not in c and not c.startswith("set:")
+                       for c in interaction_columns)):
+        raise ValueError("interaction_columns must be distinct raw numeric columns among feature_names "
+                         "that are not genes (clinical variables, signature scores)")
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
         raise ValueError("hidden must be a whole number >= 0")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:

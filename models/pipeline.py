@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from models.columns import ColumnGroups
 from models.errors import FeatureSpecError
-from models.featurespec import FeatureSpec, column_group
+from models.featurespec import FeatureSpec
 from models.genesets import first_component, rank_scores
 
 __all__ = ["FeaturePipeline", "FeatureSpec", "FeatureSpecError"]
@@ -33,6 +34,8 @@ class FeaturePipeline:
     categorical : mapping of str to sequence of str
         Categorical column names and their fixed levels; a value outside the levels
         encodes as all zeros.
+    groups : ColumnGroups, optional
+        The numeric columns' groups (the data dictionary's); by default the demo's, by prefix.
 
     Attributes
     ----------
@@ -48,20 +51,27 @@ class FeaturePipeline:
     """
 
     def __init__(self, spec: FeatureSpec, numeric: Sequence[str],
-                 categorical: Mapping[str, Sequence[str]]) -> None:
+                 categorical: Mapping[str, Sequence[str]], groups: ColumnGroups | None = None) -> None:
         self.spec = spec
         self.numeric = list(numeric)
         self.categorical = {k: list(v) for k, v in categorical.items()}
+        self.groups = groups or ColumnGroups.by_prefix(self.numeric)
 
     @property
     def feature_names(self) -> list[str]:
         """Names of the columns ``transform`` returns, in order (known before ``fit``)."""
-        self.spec.validate(self.numeric)
+        self.spec.validate(self.numeric, self.groups)
         names = [self.numeric[i] for i in self._raw_index()]
         names += [f"{column}={level}" for column, levels in self.categorical.items() for level in levels]
         names += [f"set:{name}" for name in self.spec.gene_sets]
         names += [f"{left}*{right}" for left in self._left_names() for right in self.spec.interactions]
         return names
+
+    @property
+    def gene_features(self) -> list[str]:
+        """The raw gene columns among ``feature_names`` (those a pathway model's sets may hold)."""
+        genes = set(self.groups.gene_columns())
+        return [name for name in self.feature_names if name in genes]
 
     @property
     def n_features(self) -> int:
@@ -76,10 +86,10 @@ class FeaturePipeline:
         FeatureSpecError
             The spec does not fit the numeric columns.
         """
-        self.spec.validate(self.numeric)
+        self.spec.validate(self.numeric, self.groups)
         values = frame[self.numeric].to_numpy(dtype=np.float64, copy=True)
         self.transforms_ = []  # (column index, steps, each step's statistics), from this frame only
-        for column, steps in self.spec.transform_plan(self.numeric).items():
+        for column, steps in self.spec.transform_plan(self.numeric, self.groups).items():
             i, fitted = self.numeric.index(column), []
             for step in steps:
                 fitted.append(_fit_step(step, values[:, i]))
@@ -122,7 +132,7 @@ class FeaturePipeline:
         members = self._set_index()
         kind = self.spec.gene_set_score
         if kind == "rank":
-            genes = [i for i, c in enumerate(self.numeric) if column_group(c) == "gene"]
+            genes = self._column_index(self.groups.gene_columns())
             position = {column: i for i, column in enumerate(genes)}
             return rank_scores(values[:, genes], [np.array([position[i] for i in m]) for m in members])
         if kind == "pc1":
@@ -134,11 +144,13 @@ class FeaturePipeline:
 
     def _raw_index(self) -> list[int]:
         """Indices of the numeric columns the raw block keeps."""
-        return [i for i, c in enumerate(self.numeric) if column_group(c) in (*self.spec.raw, None)]
+        raw = self.spec.raw
+        return [i for i, c in enumerate(self.numeric)
+                if raw is None or self.groups.group(c) in (*raw, None)]
 
     def _signatures(self) -> list[int]:
         """Indices of the signature columns, the default left scores of interactions."""
-        return [i for i, c in enumerate(self.numeric) if column_group(c) == "signature"]
+        return self._column_index(self.groups.columns(self.groups.signatures))
 
     def _column_index(self, columns: Sequence[str]) -> list[int]:
         """Indices of named numeric columns."""

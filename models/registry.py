@@ -48,7 +48,8 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
-                feature_names: Sequence[str] | None = None) -> nn.Module:
+                feature_names: Sequence[str] | None = None,
+                gene_names: Sequence[str] | None = None) -> nn.Module:
     """Build the model a spec names, with weights drawn from ``seed``.
 
     Parameters
@@ -62,6 +63,8 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
     feature_names : sequence of str, optional
         Names of the input matrix's columns; passed to models whose constructor
         takes ``feature_names`` (such as ``pathway``), which need them.
+    gene_names : sequence of str, optional
+        The inputs that are genes; passed to models that take ``gene_names``.
 
     Raises
     ------
@@ -72,13 +75,17 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
     model_cls = MODELS.get(spec.name)
     if model_cls is None:
         raise UnknownModelError(f"unknown model '{spec.name}': choose one of {sorted(MODELS)}")
-    if "feature_names" in spec.params:
-        raise UnknownModelError("'feature_names' is set by the node, not by a model spec")
+    for key in ("feature_names", "gene_names"):
+        if key in spec.params:
+            raise UnknownModelError(f"'{key}' is set by the node, not by a model spec")
     kwargs = dict(spec.params)
-    if "feature_names" in inspect.signature(model_cls.__init__).parameters:
+    takes = inspect.signature(model_cls.__init__).parameters
+    if "feature_names" in takes:
         if feature_names is None:
             raise UnknownModelError(f"model '{spec.name}' needs the input's feature names")
         kwargs["feature_names"] = list(feature_names)
+    if "gene_names" in takes and gene_names is not None:
+        kwargs["gene_names"] = list(gene_names)
     if feature_names is not None and len(feature_names) != n_features:
         raise UnknownModelError(
             f"n_features is {n_features} but {len(feature_names)} feature names were given"
@@ -104,4 +111,5 @@ def build_for(spec: ModelSpec, pipeline: FeaturePipeline, n_classes: int, seed: 
         As ``build_model``, or the pipeline's spec is broken.
     """
     names = pipeline.feature_names
-    return build_model(spec, len(names), n_classes, seed, feature_names=names)
+    return build_model(spec, len(names), n_classes, seed, feature_names=names,
+                       gene_names=pipeline.gene_features)

@@ -26,7 +26,7 @@ def test_the_demo_dictionary_gives_exactly_the_schema_the_node_uses():
 
 def test_the_demo_cohort_fits_its_dictionary(cohort_parquet):
     summary = check_with_dictionary(cohort_parquet, DEMO, holdout_size=32)
-    assert "numeric columns by group: genes 200, clinical 29, signatures 21" in summary
+    assert "numeric columns by group: gene 200, clinical 29, signature 21" in summary
     assert any(line.startswith("classes (ordinal): Slow ") for line in summary)
 
 

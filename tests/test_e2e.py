@@ -108,9 +108,9 @@ def test_no_cohort_rows_reach_mlflow(finished_run):
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "holdout_importance.json",
                                                       str(tmp))).read_text())
     assert table["columns"] == ["feature", "mean", "sd"]
-    assert {row[0] for row in table["data"]} == {"genes", "clinical", "signatures", "sex", "onset"}
+    assert {row[0] for row in table["data"]} == {"gene", "clinical", "signature", "sex", "onset"}
     kept = json.loads((tmp / "node-state" / "importance" / f"{run.info.run_id}.json").read_text())
-    assert {"gene_0", "clinical_28", "genes"} <= set(kept)
+    assert {"gene_0", "clinical_28", "gene"} <= set(kept)
     assert len(kept) == len(SCHEMA.feature_columns) + 3  # + genes, clinical, signatures
 
 

@@ -15,6 +15,7 @@ from client.importance import (
     permutation_importance,
     single_feature_groups,
 )
+from models.columns import ColumnGroups
 
 NUMERIC = ["gene_0", "gene_1", "gene_2", "gene_3", "clinical_0", "clinical_1", "signature_0"]
 
@@ -73,9 +74,9 @@ def test_the_groups_holding_the_deciding_column_are_important_and_the_others_not
     gene_sets = {"signal": ["gene_0", "gene_2"], "noise": ["gene_1", "gene_3"]}
     groups = column_groups(holdout.columns, gene_sets)
     importances = importance(score, holdout, groups, seed=0, repeats=3)
-    for important in ("genes", "set:signal"):
+    for important in ("gene", "set:signal"):
         assert importances[important].mean > 0.4, important
-    for noise in ("clinical", "signatures", "sex", "set:noise"):
+    for noise in ("clinical", "signature", "sex", "set:noise"):
         assert abs(importances[noise].mean) < 0.03, noise
 
 
@@ -114,16 +115,23 @@ def test_the_same_seed_gives_the_same_importances(holdout_and_score):
     assert importance(score, holdout, groups, seed=8, repeats=3) != first
 
 
-def test_column_groups_are_prefixes_then_categoricals_then_gene_sets():
+def test_column_groups_are_the_dictionarys_groups_then_categoricals_then_gene_sets():
     columns = ["patient_id", "gene_0", "gene_1", "clinical_0", "signature_0", "signature_1",
                "sex", "onset", "progression"]
-    assert column_groups(columns, {"pathway": ["gene_1"]}) == {
-        "genes": ["gene_0", "gene_1"], "clinical": ["clinical_0"],
-        "signatures": ["signature_0", "signature_1"], "sex": ["sex"], "onset": ["onset"],
+    assert column_groups(columns, {"pathway": ["gene_1"]}) == {  # the demo's groups, by prefix
+        "gene": ["gene_0", "gene_1"], "clinical": ["clinical_0"],
+        "signature": ["signature_0", "signature_1"], "sex": ["sex"], "onset": ["onset"],
         "set:pathway": ["gene_1"],
     }
-    assert column_groups(["gene_0", "sex"]) == {"genes": ["gene_0"], "sex": ["sex"]}
+    assert column_groups(["gene_0", "sex"]) == {"gene": ["gene_0"], "sex": ["sex"]}
     assert single_feature_groups(columns) == {c: [c] for c in columns[1:-1]}
+    # another cohort's dictionary: its own names, no prefix convention
+    other = ColumnGroups({"DMD": "transcripts", "UTRN": "transcripts", "ck_u_l": "labs"}, genes="transcripts")
+    assert column_groups(["id", "DMD", "ck_u_l", "UTRN", "sex"], {"dystrophin": ["DMD", "UTRN"]},
+                         groups=other, exclude=("id",)) == {
+        "transcripts": ["DMD", "UTRN"], "labs": ["ck_u_l"], "sex": ["sex"], "set:dystrophin": ["DMD", "UTRN"]}
+    with pytest.raises(ValueError, match="not a gene column"):
+        column_groups(["DMD", "ck_u_l"], {"bad": ["DMD", "ck_u_l"]}, groups=other)
 
 
 @pytest.mark.parametrize("gene_set", [[], ["gene_9"], ["clinical_0"]])

@@ -321,7 +321,7 @@ def test_permutation_importance_is_an_artifact_and_the_run_names_its_top_group(s
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "holdout_importance.json",
                                                       str(tmp_path))).read_text())
     means = {row[0]: row[1] for row in table["data"]}
-    assert set(means) == {"genes", "clinical", "signatures", "sex", "onset"}
+    assert set(means) == {"gene", "clinical", "signature", "sex", "onset"}
     top = run.data.tags[Tag.TOP_GROUP]
     assert means[top] == max(means.values())
     assert run.data.metrics[TOP_GROUP_METRIC] == pytest.approx(means[top], abs=1e-9)  # the table rounds

@@ -134,19 +134,20 @@ def test_build_model_needs_matching_feature_names_for_pathway_only():
     ({}, [], "at least one gene set"),
     ({"a": []}, [], "'a' must hold 2 to 200"),
     ({"a": ["gene_0", "gene_99"]}, [], "'a' names 1 unknown"),
-    (SETS, ["clinical_7"], "interaction_columns must be distinct clinical"),
-    (SETS, ["sex=male"], "interaction_columns must be distinct clinical"),
-    (SETS, ["clinical_0", "clinical_0"], "interaction_columns must be distinct clinical"),
+    (SETS, ["clinical_7"], "interaction_columns must be distinct raw numeric"),
+    (SETS, ["sex=male"], "interaction_columns must be distinct raw numeric"),
+    (SETS, ["clinical_0", "clinical_0"], "interaction_columns must be distinct raw numeric"),
     (SETS, [f"clinical_{i}" for i in range(51)], "at most 50"),
     ({"a": ["gene_0", "clinical_0"]}, [], "'a' names 1 unknown"),
     (SETS, "clinical_0", "interaction_columns must be a list"),
 ])
 def test_bad_priors_are_refused(sets, interactions, match):
+    genes = NAMES[:10]  # the node names the gene inputs from the data dictionary's genes group
     with pytest.raises(ValueError, match=match):
-        PathwayNet(len(NAMES), 3, NAMES, sets, interactions)
+        PathwayNet(len(NAMES), 3, NAMES, sets, interactions, gene_names=genes)
     with pytest.raises(UnknownModelError, match=match):
         spec = ModelSpec("pathway", {"gene_sets": sets, "interaction_columns": interactions})
-        build_model(spec, len(NAMES), 3, feature_names=NAMES)
+        build_model(spec, len(NAMES), 3, feature_names=NAMES, gene_names=genes)
 
 
 def test_a_pipelines_features_feed_the_network():

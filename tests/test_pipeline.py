@@ -186,7 +186,6 @@ def test_set_order_does_not_change_the_features():
 @pytest.mark.parametrize(("text", "match"), [
     ('{"gene_sets": {"s": ["gene_0"]}}', "'s' must hold 2 to 200"),
     ('{"gene_set_score": "median"}', "'gene_set_score' must be one of"),
-    ('{"raw": ["proteins"]}', "'raw' entries must be among"),
     ('{"interaction_left": "genes"}', "'interaction_left' must be one of"),
     ('{"colour": 1}', "unknown key 'colour'"),
     ('{"raw": "gene"}', "'raw' must be a list of strings"),
@@ -215,6 +214,7 @@ def test_too_many_sets_are_refused():
     ({"gene_sets": {"s": ("gene_0", "clinical_0")}}, "'s' names 1 unknown gene column"),
     ({"interactions": ("clinical_9",)}, "'interactions': 1 name"),
     ({"interactions": ("sex",)}, "not numeric columns"),
+    ({"raw": ("proteins",)}, "'raw': 'proteins' is not a group of this cohort"),
 ])
 def test_specs_naming_unknown_columns_are_refused_before_fitting(spec, match):
     with pytest.raises(FeatureSpecError, match=match):
@@ -286,3 +286,25 @@ def test_transforms_travel_as_json():
     spec = FeatureSpec(transforms={"clinical": ["log1p", "clip:0.01"]})
     assert FeatureSpec.from_json(spec.to_json()) == spec
     assert json.loads(spec.to_json())["transforms"] == {"clinical": ["log1p", "clip:0.01"]}
+
+
+def test_groups_and_roles_come_from_the_dictionary_not_from_column_names():
+    """Another cohort's names: genes named by symbol, clinical variables as 'labs'; the spec names
+    the dictionary's groups, and gene sets must draw on the group whose role is genes."""
+    from models.columns import ColumnGroups
+
+    names = {"DMD": "transcripts", "UTRN": "transcripts", "MYH3": "transcripts", "ck": "labs",
+             "nfl": "labs", "score_a": "scores"}
+    groups = ColumnGroups(names, genes="transcripts", signatures="scores")
+    data = frame(0).iloc[:, :6].set_axis(list(names), axis=1).abs()
+    spec = FeatureSpec(raw=("labs",), gene_sets={"dys": ("DMD", "UTRN")}, interactions=("ck",),
+                       transforms={"labs": ("log1p",)})
+    fitted = FeaturePipeline(spec, list(names), {}, groups).fit(data)
+    assert fitted.feature_names == ["ck", "nfl", "set:dys", "score_a*ck"]
+    assert fitted.gene_features == []  # no raw gene column kept
+    assert np.allclose(fitted.transform(data)[:, 0].std(), 1.0, atol=1e-6)
+    assert [i for i, *_ in fitted.transforms_] == [3, 4]
+    for bad, match in (({"raw": ("gene",)}, "'gene' is not a group of this cohort"),
+                       ({"gene_sets": {"s": ("DMD", "ck")}}, "unknown gene column")):
+        with pytest.raises(FeatureSpecError, match=match):
+            FeaturePipeline(FeatureSpec(**bad), list(names), {}, groups).fit(data)
