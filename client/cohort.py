@@ -51,21 +51,31 @@ class Split:
     holdout: np.ndarray
 
 
-def load_cohort(path: str | Path, schema: CohortSchema = SCHEMA) -> Cohort:
+def load_cohort(path: str | Path, dictionary: str | Path | None = None) -> Cohort:
     """Read and validate a cohort file.
 
     Parameters
     ----------
     path : str or Path
-        A ``.csv`` or ``.parquet`` file with the columns of ``schema``.
+        A ``.csv`` or ``.parquet`` file.
+    dictionary : str or Path, optional
+        The foundation's data dictionary (YAML) the file's columns are read with; by default the
+        demo's shape (``SCHEMA``).
 
     Raises
     ------
     CohortValidationError
         The file is missing, unreadable or breaks a schema rule.
+    DictionaryError
+        The dictionary is malformed or does not fit the file's columns.
     """
     path = Path(path)
     frame = read_table(path)
+    schema = SCHEMA
+    if dictionary is not None:
+        from contract.dictionary import DataDictionary
+
+        schema = DataDictionary.from_yaml(dictionary).resolve([str(c) for c in frame.columns])
     validate_frame(frame, schema)
     return Cohort(
         frame=frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
@@ -73,6 +83,46 @@ def load_cohort(path: str | Path, schema: CohortSchema = SCHEMA) -> Cohort:
         digest=hashlib.sha256(path.read_bytes()).hexdigest(),
         schema=schema,
     )
+
+
+def published_schema(path: Path | None, dictionary: Path | None) -> tuple[CohortSchema, int | None]:
+    """The schema a node publishes for its cohort, and the cohort's size: its dictionary resolved
+    against the file's header (the demo's schema and no size when neither is given). Reads the
+    column names and the row count, no cell.
+
+    Raises
+    ------
+    CohortValidationError
+        The file is missing or unreadable.
+    DictionaryError
+        The dictionary is malformed or does not fit the file's columns.
+    """
+    if path is None or dictionary is None:
+        return SCHEMA, None
+    from contract.dictionary import DataDictionary
+
+    columns, n_records = _header(Path(path))
+    return DataDictionary.from_yaml(dictionary).resolve(columns), n_records
+
+
+def _header(path: Path) -> tuple[list[str], int]:
+    """A cohort file's column names and number of records, without reading its cells (Parquet:
+    its footer; CSV: one column)."""
+    if not path.is_file():
+        raise CohortValidationError([f"no cohort file at {path}"])
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            meta = pq.ParquetFile(path).metadata
+            return [str(c) for c in meta.schema.names], meta.num_rows
+        if path.suffix.lower() == ".csv":
+            columns = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+            return columns, len(pd.read_csv(path, usecols=[0]))
+    except Exception as ex:  # the reader's message may quote file content
+        raise CohortValidationError(
+            [f"the file could not be parsed as {path.suffix} ({type(ex).__name__})"]) from None
+    raise CohortValidationError([f"unsupported file type '{path.suffix}': use .csv or .parquet"])
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -114,9 +164,11 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
         problems.append(f"{len(unexpected)} column(s) not in the schema: the header must be "
                         "the schema's column names")
     present = [c for c in schema.all_columns if c in frame.columns]
-    with_nan = [c for c in present if frame[c].isna().any()]
+    allowed = set(schema.may_be_missing)
+    with_nan = [c for c in present if c not in allowed and frame[c].isna().any()]
     if with_nan:
-        problems.append(f"missing values in column(s): {_names(with_nan)}")
+        problems.append(f"missing values in column(s): {_names(with_nan)} (the data dictionary's "
+                        "may_be_missing lists the columns that may have them)")
     not_numeric = [
         c for c in schema.numeric if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c])
     ]
@@ -197,15 +249,7 @@ def check_with_dictionary(path: Path, dictionary_path: Path, holdout_size: int =
     dictionary = DataDictionary.from_yaml(dictionary_path)
     frame = read_table(path)
     schema = dictionary.resolve([str(c) for c in frame.columns])
-    declared = dictionary.missing_allowed(list(schema.feature_columns))
-    try:
-        validate_frame(frame, schema)
-    except CohortValidationError as ex:
-        if declared and any(p.startswith("missing values") for p in ex.problems):
-            raise CohortValidationError([*ex.problems, (
-                f"{len(declared)} column(s) may be missing by the dictionary, but this node version "
-                "does not impute yet: fill or drop those cells before serving")]) from None
-        raise
+    validate_frame(frame, schema)
     cohort = Cohort(frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
                     schema.label_indices(frame[schema.label_column]),
                     hashlib.sha256(path.read_bytes()).hexdigest(), schema)
@@ -219,5 +263,8 @@ def check_with_dictionary(path: Path, dictionary_path: Path, holdout_size: int =
             + ", ".join(f"{c} {n}" for c, n in zip(schema.classes, counts, strict=True)),
             f"numeric columns by group: {groups}",
             f"categorical columns: {', '.join(schema.categorical) or 'none'}",
+            f"missing cells: {int(frame[list(schema.may_be_missing)].isna().sum().sum())} in "
+            f"{int(frame[list(schema.may_be_missing)].isna().any().sum())} of the "
+            f"{len(schema.may_be_missing)} column(s) that may have them",
             f"digest: {cohort.digest}"]
 

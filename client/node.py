@@ -42,6 +42,7 @@ from client.settings import NodeSettings
 from client.training import FlopMeter, expected_flops, predict, train_local
 from contract.files import create_once
 from contract.names import HOLDOUT_REPLY_KEYS, TRAIN_REPLY_KEYS, ReplyKey, UsageMetric
+from contract.schema import CohortSchema
 from contract.submission import Submission
 from contract.values import PairedDifference
 from models import build_for
@@ -72,20 +73,22 @@ def round_seed(secret: bytes, submission_id: str, server_round: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def check_cohort(settings: NodeSettings) -> str:
+def check_cohort(settings: NodeSettings) -> CohortSchema:
     """The node operator's check of the cohort file, with the full validation report.
 
     For the operator's own terminal only: what crosses the wire when a node cannot
-    load its cohort is a fixed sentence (``client.app``). Returns the file's digest.
+    load its cohort is a fixed sentence (``client.app``). Returns the cohort's published schema.
 
     Raises
     ------
     CohortValidationError
         Every broken rule of the file.
+    DictionaryError
+        The data dictionary is malformed or does not fit the file's columns.
     """
-    cohort = load_cohort(settings.data_path)
+    cohort = load_cohort(settings.data_path, settings.dictionary or None)
     split_cohort(cohort, settings.holdout_size, settings.split_seed)
-    return cohort.digest
+    return cohort.schema
 
 
 def limit_resources(device: torch.device, cpu_threads: int, gpu_memory_gb: float) -> None:
@@ -117,7 +120,7 @@ class ResidentCohort:
     kept_views = 4
 
     def __init__(self, settings: NodeSettings) -> None:
-        cohort = load_cohort(settings.data_path)
+        cohort = load_cohort(settings.data_path, settings.dictionary or None)
         split = split_cohort(cohort, settings.holdout_size, settings.split_seed)
         self.device = resolve_device(settings.device)
         self.schema = cohort.schema
@@ -171,6 +174,9 @@ class Node:
     importance_gene_sets: ClassVar[int] = 50
     #: Smaller sets are not scored as groups: one- or two-gene sets would give per-feature answers.
     importance_min_genes: ClassVar[int] = 5
+    #: Per-feature importance only up to this many feature columns: each costs a scoring of the
+    #: holdout per repeat (20,000 genes would take the node half an hour); the groups always.
+    importance_max_features: ClassVar[int] = 300
 
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
@@ -191,7 +197,23 @@ class Node:
 
     def build(self, run: Submission) -> tuple[nn.Module, dict[str, tuple[int, ...]], FeatureView]:
         """The run's model on the device, the array shapes it accepts and returns, and the
-        features it reads."""
+        features it reads.
+
+        Raises
+        ------
+        PolicyViolation
+            ``cohort-schema``: the workspace built the run for another cohort schema than this
+            node's (its model's shapes and the features it names would be another cohort's).
+        """
+        try:
+            published = run.schema
+        except ValueError:
+            raise PolicyViolation("cohort-schema", "the run's cohort schema does not parse") from None
+        served = self.cohort.schema.fingerprint
+        if published.fingerprint != served:
+            raise PolicyViolation("cohort-schema", f"the run was built for cohort schema "
+                                  f"{published.fingerprint}; this node serves {served}: the workspace "
+                                  "must publish this node's schema (cohortfl schema)")
         n_classes = len(self.cohort.classes)
         pipeline = feature_pipeline(run.features, self.cohort.schema)
         check_model(run.model, self.settings.policy, pipeline, n_classes)  # before any data is read
@@ -270,7 +292,7 @@ class Node:
         record.write_out_of_the_box(
             self._score(self._predict_holdout(model, view), run.submission_id),
             usage=self._usage_metrics(run, usage.submissions, usage.flops),
-            params={"cohort_digest": self.cohort.digest,
+            params={"cohort_digest": self.cohort.digest, "cohort_schema": self.cohort.schema.fingerprint,
                     "n_train": str(len(self.cohort.y_train)),
                     "n_holdout": str(len(self.cohort.y_holdout)),
                     "node_device": self.cohort.device.type,
@@ -278,6 +300,7 @@ class Node:
                     "node_gpu_memory_gb": str(self.settings.policy.run_gpu_memory_gb
                                               if self.cohort.device.type == "cuda" else 0),
                     "privacy": self._privacy_statement()},
+            reported_class=self.cohort.schema.reported_class,
             dataset={"name": "cohort", "digest": self.cohort.digest[:36],
                      "columns": [(name, "string" if name in self.cohort.schema.categorical else "double")
                                  for name in self.cohort.schema.feature_columns],
@@ -365,16 +388,18 @@ class Node:
 
     def _importance(self, model: nn.Module, view: FeatureView, groups: dict[str, list[str]],
                     submission_id: str) -> dict[str, Importance]:
-        """Permutation importance on the holdout, per feature and per group of features:
-        the drop in macro-F1 when the group's values are shuffled across records."""
+        """Permutation importance on the holdout, per group of features and (up to
+        ``importance_max_features`` columns) per feature: the drop in macro-F1 when the group's
+        values are shuffled across records."""
 
         def predictions(frame: pd.DataFrame) -> np.ndarray:
             return predict(model, self.cohort.tensor(view.pipeline, frame)).cpu().numpy()
 
         frame = self.cohort.holdout_frame
+        single = (single_feature_groups(list(frame.columns))
+                  if frame.shape[1] <= self.importance_max_features else {})
         return permutation_importance(predictions, frame, self.cohort.y_holdout.cpu().numpy(),
-                                      len(self.cohort.classes),
-                                      {**groups, **single_feature_groups(list(frame.columns))},
+                                      len(self.cohort.classes), {**groups, **single},
                                       seed=round_seed(self.secret, submission_id, -1),
                                       repeats=self.importance_repeats)
 

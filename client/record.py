@@ -21,6 +21,7 @@ from client.importance import Importance, importance_figure, importance_table
 from client.ledger import NodeLedger
 from contract.names import (
     PAIRED_TAG_PREFIX,
+    REPORTED_CLASS,
     TOP_GROUP_METRIC,
     TRAIN_LOSS_SERIES,
     Artifact,
@@ -74,12 +75,15 @@ class OfficialRecord:
             self._defer("the store cannot be reached")
 
     def write_out_of_the_box(self, scores: HoldoutScores, usage: dict[str, float],
-                             params: dict[str, str], dataset: dict[str, object] | None = None) -> None:
+                             params: dict[str, str], dataset: dict[str, object] | None = None,
+                             reported_class: str = REPORTED_CLASS) -> None:
         """Record the holdout score of the model as submitted, before any training, with the
-        contributor's budget use from the node's ledger and the cohort as a dataset: its digest,
-        its columns and the split sizes, never a row (``dataset``: name, digest, columns, counts)."""
+        contributor's budget use from the node's ledger, the class whose recall the board shows,
+        and the cohort as a dataset: its digest, its columns and the split sizes, never a row
+        (``dataset``: name, digest, columns, counts)."""
         self._submit({"metrics": {**scores.as_metrics(Moment.OUT_OF_THE_BOX), **usage},
-                      "params": params, **({"dataset": dataset} if dataset else {})})
+                      "params": params, "tags": {Tag.REPORTED_CLASS: reported_class},
+                      **({"dataset": dataset} if dataset else {})})
 
     def write_final(self, scores: HoldoutScores, rounds_trained: int, curve: Sequence[tuple[int, float]],
                     flops: int, device_seconds: float, classes: Sequence[str],

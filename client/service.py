@@ -13,6 +13,7 @@ run, a bundle or a contributor's command line:
     superlink: 127.0.0.1:9092                   # the workspace's fleet gate
     root-certificates: /etc/cohortfl/ca.crt     # the workspace's CA
     policy: pilot                               # conf/policy/<name>.yaml of this install
+    dictionary: /etc/cohortfl/dictionary.yaml   # the cohort's data dictionary (default: the demo's)
     # optional: device, holdout-size, split-seed
 
 It starts Flower's SuperNode (TLS to the workspace, SuperNode authentication
@@ -84,7 +85,7 @@ class NodeService:
             raise NodeError(f"{path} must be a mapping of node settings")
         own = (*DEPLOYMENT_KEYS, "tracking-credentials")
         known = {"data-path", "tracking-uri", "state-dir", "workspace-key", "policy", "device",
-                 "holdout-size", "split-seed", *own}
+                 "holdout-size", "split-seed", "dictionary", *own}
         unknown, missing = sorted(set(config) - known), [k for k in DEPLOYMENT_KEYS if k not in config]
         if unknown or missing:
             raise NodeError(f"{path}: unknown keys {unknown}, missing {missing}")

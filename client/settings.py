@@ -34,6 +34,9 @@ class NodeSettings:
         its ledger (submissions, compute, exports) and its FLOP counts.
     workspace_key : str
         The workspace's public key file (PEM): the node works only for runs it signed.
+    dictionary : str
+        The foundation's data dictionary (YAML, ``contract/dictionary.py``) the cohort file is read
+        with; empty: the demo's shape (``conf/dictionary/synthetic.yaml``).
     """
 
     data_path: str
@@ -44,11 +47,13 @@ class NodeSettings:
     device: str = "auto"
     policy: NodePolicy = field(default_factory=NodePolicy)
     workspace_key: str = ""
+    dictionary: str = ""
 
     @classmethod
     def from_node_config(cls, node_config: UserConfig) -> NodeSettings:
         """Read ``--node-config`` keys: data-path, tracking-uri, state-dir, and optional
-        holdout-size, split-seed, device, policy (a ``conf/policy`` name), workspace-key."""
+        holdout-size, split-seed, device, policy (a ``conf/policy`` name), workspace-key,
+        dictionary."""
         for key in ("data-path", "tracking-uri", "state-dir"):
             if key not in node_config:
                 raise NodeError(f"the node needs --node-config '{key}=...'")
@@ -62,6 +67,7 @@ class NodeSettings:
             state_dir=str(node_config["state-dir"]),
             policy=load_policy(CONF_DIR / "policy" / f"{policy}.yaml"),
             workspace_key=str(node_config.get("workspace-key", "")),
+            dictionary=str(node_config.get("dictionary", "")),
         )
 
 

@@ -172,10 +172,20 @@ class DataDictionary:
         """
         owner = self.groups_of(columns)
         role = {g.role: g.name for g in self.groups if g.role}
+        features = (*owner, *self.categorical)
+        never = [c for c in (self.id_column, self.label_column)
+                 if any(fnmatch.fnmatchcase(c, p) for p in self.may_be_missing)]
+        if never:
+            raise DictionaryError(f"may_be_missing: '{never[0]}' is the id or the label, which every "
+                                  "record must have")
+        unmatched = [p for p in self.may_be_missing if not any(fnmatch.fnmatchcase(c, p) for c in features)]
+        if unmatched:
+            raise DictionaryError(f"may_be_missing: '{unmatched[0]}' matches no feature column of the file")
         return CohortSchema(numeric=tuple(owner), categorical=dict(self.categorical),
                             id_column=self.id_column, label_column=self.label_column,
                             classes=self.classes, reported_class=self.reported_class or self.classes[-1],
-                            groups=ColumnGroups(owner, role.get("genes"), role.get("signatures")))
+                            groups=ColumnGroups(owner, role.get("genes"), role.get("signatures")),
+                            may_be_missing=tuple(self.missing_allowed(features)))
 
     def groups_of(self, columns: list[str] | tuple[str, ...]) -> dict[str, str]:
         """Each numeric column of ``columns`` and its group, in the dictionary's order.
@@ -276,3 +286,40 @@ def _guess(columns: list[str], pattern: str, table: pd.DataFrame, unique: bool) 
             if not unique and 2 <= values.nunique(dropna=True) <= MAX_LEVELS:
                 return column
     return None
+
+
+def describe(schema: CohortSchema, dictionary: DataDictionary | None = None,
+             split: tuple[int, int] | None = None) -> list[str]:
+    """``cohortfl schema``: what contributors may know of the cohort, as text: its columns, groups,
+    levels and classes, which columns may be missing and the split's sizes; never a value of a
+    record. Units and descriptions come from ``dictionary`` when given."""
+    def listed(names, limit: int = 6) -> str:
+        names = list(names)
+        shown = ", ".join(names[:limit])
+        return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+    about = {g.name: g for g in (dictionary.groups if dictionary else ())}
+    order = " < " if dictionary is None or dictionary.ordinal else ", "
+    lines = [f"cohort schema {schema.fingerprint}: what contributors may know (no value of a record)"]
+    if split:
+        lines.append(f"records: {sum(split)} ({split[0]} training, {split[1]} holdout, "
+                     "scored on the node only)")
+    lines += [f"id column: {schema.id_column}",
+              f"label: {schema.label_column}, classes {order.join(schema.classes)}; the board reports "
+              f"{schema.reported_class} recall",
+              "numeric groups (feature specs name them, e.g. raw: [...], transforms):"]
+    roles = {schema.groups.genes: "genes: gene sets and pathway models draw on it",
+             schema.groups.signatures: "signatures: interaction_left=signatures"}
+    for name in schema.groups.names:
+        group = about.get(name)
+        notes = [n for n in (roles.get(name), group and group.unit, group and group.description) if n]
+        lines.append(f"  {name}: {listed(schema.groups.columns(name))}"
+                     + (f" [{'; '.join(notes)}]" if notes else ""))
+    ungrouped = [c for c in schema.numeric if schema.groups.group(c) is None]
+    if ungrouped:
+        lines.append(f"  (no group): {listed(ungrouped)}")
+    lines.append("categorical: " + ("; ".join(f"{c} [{', '.join(v)}]" for c, v in schema.categorical.items())
+                                    or "none"))
+    lines.append("may be missing (feature specs: impute, missing_indicators): "
+                 + (listed(schema.may_be_missing) or "none"))
+    return lines

@@ -9,6 +9,7 @@ of ``contract.submission.Submission``.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 # --- Flower: the message types the node answers -------------------------------------------
@@ -54,8 +55,13 @@ class Moment(StrEnum):
 
 
 def holdout_metric(moment: Moment, measure: str, klass: str | None = None) -> str:
-    """``holdout_fine_tuned_macro_f1``, or per class ``holdout_out_of_the_box_recall_fast``."""
-    return f"holdout_{moment}_{measure}" + (f"_{klass.lower()}" if klass else "")
+    """``holdout_fine_tuned_macro_f1``, or per class ``holdout_out_of_the_box_recall_fast`` (a
+    class name of the data dictionary in lower case, each run of other characters as ``_``)."""
+    return f"holdout_{moment}_{measure}" + (f"_{_metric_word(klass)}" if klass else "")
+
+
+def _metric_word(klass: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", klass.lower()).strip("_") or "class"
 
 
 def interval_metrics(metric: str) -> tuple[str, str]:
@@ -112,6 +118,8 @@ class Tag(StrEnum):
     RECORD_COMPLETE = "cohortfl.record_complete"
     #: The feature group whose permutation costs the fine-tuned model the most macro-F1.
     TOP_GROUP = "cohortfl.top_feature_group"
+    #: The class whose recall the board shows beside macro-F1 (the data dictionary's ``reported``).
+    REPORTED_CLASS = "cohortfl.reported_class"
 
 
 #: Prefix of a paired comparison with another run: ``cohortfl.paired.<run id>``.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +43,9 @@ class CohortSchema:
     groups : ColumnGroups
         Each numeric column's group and the groups with a role (genes, signatures); by default
         the demo's, by column prefix.
+    may_be_missing : tuple of str
+        The feature columns whose cells may be missing (the dictionary's ``may_be_missing``); a
+        missing cell anywhere else is refused. Feature specs say how to fill them.
     """
 
     numeric: tuple[str, ...] = GENE_COLUMNS + CLINICAL_COLUMNS + SIGNATURE_COLUMNS
@@ -52,6 +57,7 @@ class CohortSchema:
     classes: tuple[str, ...] = CLASSES
     reported_class: str = REPORTED_CLASS
     groups: ColumnGroups | None = None
+    may_be_missing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.groups is None:
@@ -75,12 +81,49 @@ class CohortSchema:
             The spec names columns the schema does not have.
         """
         spec.validate(self.numeric, self.groups)
-        return FeaturePipeline(spec, self.numeric, self.categorical, self.groups)
+        return FeaturePipeline(spec, self.numeric, self.categorical, self.groups, self.may_be_missing)
 
     @property
     def all_columns(self) -> tuple[str, ...]:
         """Every column a cohort file must have."""
         return (self.id_column, *self.feature_columns, self.label_column)
+
+    def to_json(self) -> str:
+        """The published form (names, groups, levels, classes; never a value of a record), as
+        compact JSON with sorted keys: what the workspace builds a run for and the node checks."""
+        return json.dumps({
+            "id_column": self.id_column, "label_column": self.label_column, "classes": list(self.classes),
+            "reported_class": self.reported_class, "numeric": list(self.numeric),
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+            "groups": self.groups.to_mapping(), "may_be_missing": list(self.may_be_missing)},
+            sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> CohortSchema:
+        """Inverse of ``to_json``.
+
+        Raises
+        ------
+        ValueError
+            Not the JSON ``to_json`` writes.
+        """
+        try:
+            data = json.loads(text)
+            groups = data["groups"]
+            return cls(numeric=tuple(map(str, data["numeric"])),
+                       categorical={str(k): tuple(map(str, v)) for k, v in data["categorical"].items()},
+                       id_column=str(data["id_column"]), label_column=str(data["label_column"]),
+                       classes=tuple(map(str, data["classes"])), reported_class=str(data["reported_class"]),
+                       groups=ColumnGroups({str(k): str(v) for k, v in groups["of"].items()},
+                                           groups["genes"], groups["signatures"]),
+                       may_be_missing=tuple(map(str, data.get("may_be_missing", []))))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError("not a published cohort schema (CohortSchema.to_json)") from None
+
+    @property
+    def fingerprint(self) -> str:
+        """The first 16 hex digits of the SHA-256 of ``to_json``: names a schema in messages."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
 SCHEMA = CohortSchema()

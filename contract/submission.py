@@ -14,6 +14,7 @@ from typing import Any
 
 from contract.grant import GRANT_KEY
 from contract.names import TrainKey
+from contract.schema import SCHEMA, CohortSchema
 from models import ModelSpec
 from models.pipeline import FeatureSpec, FeatureSpecError
 from models.registry import UnknownModelError
@@ -53,6 +54,10 @@ class Submission:
         Where the node writes this run's paired comparisons with other runs: a run only the
         foundation reads (they name other contributors' runs and give away their scores);
         empty: the official run itself (the local engine's single-user store).
+    cohort_schema : str
+        The published cohort schema (``CohortSchema.to_json``) the workspace built the run for
+        (the workspace's word, signed with the rest); the node refuses a run built for another
+        schema than its cohort's. Empty: the demo's.
     """
 
     contributor: str
@@ -68,6 +73,18 @@ class Submission:
     initial_weights: str = ""
     features: FeatureSpec = FeatureSpec()
     comparisons_run_id: str = ""
+    cohort_schema: str = ""
+
+    @property
+    def schema(self) -> CohortSchema:
+        """The cohort schema the run was built for (``cohort_schema``, or the demo's).
+
+        Raises
+        ------
+        ValueError
+            ``cohort_schema`` is not a published schema.
+        """
+        return CohortSchema.from_json(self.cohort_schema) if self.cohort_schema else SCHEMA
 
     @property
     def strategy_name(self) -> str:

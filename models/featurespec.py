@@ -17,6 +17,9 @@ from models.errors import FeatureSpecError
 from models.genesets import gene_set_problem
 
 SCORE_KINDS = ("mean", "pc1", "rank")
+#: How a numeric cell the data dictionary lets be missing is filled: the training split's median or
+#: mean of the column, or 0.
+IMPUTE_KINDS = ("median", "mean", "zero")
 INTERACTION_LEFTS = ("gene_sets", "signatures")
 MAX_INTERACTIONS = 50
 MAX_JSON_CHARS = 2_000_000
@@ -52,6 +55,12 @@ class FeatureSpec:
         A numeric column, a group (``clinical``) or a shell-style pattern (``clinical_1*``)
         -> transforms applied in order before standardisation (``TRANSFORMS``); a column may be
         named by one key only.
+    impute : {"median", "mean", "zero"}
+        How missing numeric cells (only in the columns the data dictionary lets be missing) are
+        filled, before the transforms: with the training split's median or mean, or 0. A missing
+        categorical cell encodes as all zeros.
+    missing_indicators : bool
+        Add a 0/1 column ``missing:COLUMN`` for each column that may be missing.
 
     Raises
     ------
@@ -66,6 +75,8 @@ class FeatureSpec:
     interactions: tuple[str, ...] = ()
     interaction_left: str = "signatures"
     transforms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    impute: str = "median"
+    missing_indicators: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.gene_sets, dict):
@@ -79,6 +90,9 @@ class FeatureSpec:
         object.__setattr__(self, "interactions", _names("interactions", self.interactions, None))
         _choice("gene_set_score", self.gene_set_score, SCORE_KINDS)
         _choice("interaction_left", self.interaction_left, INTERACTION_LEFTS)
+        _choice("impute", self.impute, IMPUTE_KINDS)
+        if not isinstance(self.missing_indicators, bool):
+            raise FeatureSpecError("'missing_indicators' must be true or false")
         if len(self.interactions) > MAX_INTERACTIONS:
             raise FeatureSpecError(f"'interactions': at most {MAX_INTERACTIONS} columns")
         if self.interactions and self.interaction_left == "gene_sets" and not self.gene_sets:

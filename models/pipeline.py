@@ -36,9 +36,15 @@ class FeaturePipeline:
         encodes as all zeros.
     groups : ColumnGroups, optional
         The numeric columns' groups (the data dictionary's); by default the demo's, by prefix.
+    missing : sequence of str
+        The columns whose cells may be missing (the data dictionary's); numeric ones are filled as
+        the spec's ``impute`` says, and each gets an indicator column if the spec asks.
 
     Attributes
     ----------
+    fill_ : dict of int to float
+        Each numeric column that may be missing (by index) and the value its missing cells take,
+        from the fit frame.
     transforms_ : list of (int, tuple of str, list)
         Each transformed column's index, its transforms and each one's statistics on the fit
         frame (kept on the node with the pipeline; never part of a reply).
@@ -51,11 +57,13 @@ class FeaturePipeline:
     """
 
     def __init__(self, spec: FeatureSpec, numeric: Sequence[str],
-                 categorical: Mapping[str, Sequence[str]], groups: ColumnGroups | None = None) -> None:
+                 categorical: Mapping[str, Sequence[str]], groups: ColumnGroups | None = None,
+                 missing: Sequence[str] = ()) -> None:
         self.spec = spec
         self.numeric = list(numeric)
         self.categorical = {k: list(v) for k, v in categorical.items()}
         self.groups = groups or ColumnGroups.by_prefix(self.numeric)
+        self.missing = [c for c in (*self.numeric, *self.categorical) if c in set(missing)]
 
     @property
     def feature_names(self) -> list[str]:
@@ -65,6 +73,7 @@ class FeaturePipeline:
         names += [f"{column}={level}" for column, levels in self.categorical.items() for level in levels]
         names += [f"set:{name}" for name in self.spec.gene_sets]
         names += [f"{left}*{right}" for left in self._left_names() for right in self.spec.interactions]
+        names += [f"missing:{column}" for column in self.missing] if self.spec.missing_indicators else []
         return names
 
     @property
@@ -88,6 +97,13 @@ class FeaturePipeline:
         """
         self.spec.validate(self.numeric, self.groups)
         values = frame[self.numeric].to_numpy(dtype=np.float64, copy=True)
+        self.fill_ = {}
+        for i in self._column_index([c for c in self.missing if c not in self.categorical]):
+            observed = values[:, i][~np.isnan(values[:, i])]
+            fill = (0.0 if self.spec.impute == "zero" or not len(observed) else
+                    float(np.median(observed) if self.spec.impute == "median" else observed.mean()))
+            self.fill_[i] = fill
+            values[np.isnan(values[:, i]), i] = fill
         self.transforms_ = []  # (column index, steps, each step's statistics), from this frame only
         for column, steps in self.spec.transform_plan(self.numeric, self.groups).items():
             i, fitted = self.numeric.index(column), []
@@ -109,7 +125,9 @@ class FeaturePipeline:
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Return the float32 feature matrix, shape (len(frame), n_features)."""
-        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=bool(self.transforms_))
+        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=bool(self.transforms_ or self.fill_))
+        for i, fill in self.fill_.items():
+            values[np.isnan(values[:, i]), i] = fill
         for i, steps, fitted in self.transforms_:
             for step, statistics in zip(steps, fitted, strict=True):
                 values[:, i] = _apply_step(step, statistics, values[:, i])
@@ -125,6 +143,8 @@ class FeaturePipeline:
             left = scores if by_sets else standardised[:, self._signatures()]
             right = standardised[:, self._column_index(self.spec.interactions)]
             blocks.append((left[:, :, None] * right[:, None, :]).reshape(len(frame), -1))
+        if self.spec.missing_indicators and self.missing:
+            blocks.append(frame[self.missing].isna().to_numpy(np.float64))
         return np.hstack(blocks).astype(np.float32)
 
     def _raw_scores(self, values: np.ndarray, standardised: np.ndarray) -> np.ndarray:

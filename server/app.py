@@ -27,7 +27,6 @@ from hydra.utils import get_object as locate
 from hydra.utils import instantiate
 
 from contract.names import HOLDOUT_FINE_TUNED, HOLDOUT_OUT_OF_THE_BOX, Moment, ReplyKey
-from contract.schema import SCHEMA
 from contract.submission import Submission
 from models import build_for
 from server.errors import SubmissionFailed
@@ -175,8 +174,10 @@ def _is_strategy_class(target: str) -> bool:
 
 
 def initial_arrays(submission: Submission) -> ArrayRecord:
-    """The submitted model's starting weights: the package's, or drawn from the seed."""
-    model = build_for(submission.model, SCHEMA.pipeline(submission.features), len(SCHEMA.classes),
+    """The submitted model's starting weights, for the cohort schema the run was built for: the
+    package's, or drawn from the seed."""
+    schema = submission.schema
+    model = build_for(submission.model, schema.pipeline(submission.features), len(schema.classes),
                       submission.seed)
     if not submission.initial_weights:
         return ArrayRecord(model.state_dict())

@@ -16,8 +16,7 @@ import html
 import math
 from datetime import UTC, datetime
 
-from contract.names import REPORTED_CLASS
-from server.leaderboard import Row, versus_next
+from server.leaderboard import Row, recall_header, versus_next
 
 #: The run that holds the picture in a board's experiment (one at a time; it has no scores).
 PICTURE_TAG = "cohortfl.board_picture"
@@ -86,7 +85,7 @@ def _chart(rows: list[Row]) -> str:
              f'aria-label="macro-F1 out of the box and after fine-tuning, per submission">',
              '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" '
              'orient="auto"><path d="M0,0 L8,4 L0,8 z" fill="#5b7db1"/></marker></defs>']
-    columns = (("gain", 75), (f"{REPORTED_CLASS} recall", 230), ("vs next (paired)", 470))  # right edges
+    columns = (("gain", 75), (recall_header(rows), 230), ("vs next (paired)", 470))  # right edges
     parts.append(f'<text x="{_LABEL}" y="16" font-weight="600">macro-F1 on the holdout</text>')
     for name, offset in columns:
         parts.append(f'<text x="{_LABEL + _PLOT + offset}" y="16" font-weight="600" '
@@ -130,7 +129,7 @@ def _chart(rows: list[Row]) -> str:
 def _table(rows: list[Row]) -> str:
     """The same numbers as text, for reading, copying and screen readers."""
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning", "gain",
-              f"{REPORTED_CLASS} recall", "vs next (paired)", "compute (PF)", "budget used (PF)", "run")
+              recall_header(rows), "vs next (paired)", "compute (PF)", "budget used (PF)", "run")
     lines = ["<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for i, row in enumerate(rows):
         paired = versus_next(rows, i)

@@ -14,6 +14,8 @@
     cohortfl publish --dir D --all           publish finished runs to every contributor
     cohortfl cohort init FILE                draft the cohort's data dictionary
     cohortfl cohort check FILE --dictionary D   check a cohort file against it
+    cohortfl schema [--dictionary D --cohort FILE] [--json]
+                                             the published cohort schema contributors build for
     cohortfl loopback --dir D                workspace + node on this machine, on loopback
     cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
     cohortfl exports [--contributor NAME]    the node's export ledger
@@ -140,6 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file", type=Path, help="the cohort file (.csv or .parquet)")
     check.add_argument("--dictionary", type=Path, required=True, help="the foundation's dictionary YAML")
     check.add_argument("--holdout-size", type=int, default=128)
+    schema = commands.add_parser("schema", help="print the published cohort schema: names, groups, levels, "
+                                 "classes, split sizes (never a value)")
+    schema.add_argument("--dictionary", type=Path, default=None,
+                        help="the foundation's data dictionary (default: the demo's)")
+    schema.add_argument("--cohort", type=Path, default=None,
+                        help="the cohort file the dictionary is resolved against (read for its header "
+                             "and its size); needed with --dictionary")
+    schema.add_argument("--holdout-size", type=int, default=128)
+    schema.add_argument("--json", action="store_true",
+                        help="the schema as the workspace reads it (cohort.published_schema)")
     loopback = commands.add_parser("loopback", help="workspace + node on loopback, for development")
     loopback.add_argument("--dir", type=Path, default=Path("cohortfl-loopback"))
     args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
@@ -161,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return publish_runs(args.dir, args.contributor, args.run)
     if args.command == "cohort":
         return cohort_command(args)
+    if args.command == "schema":
+        return print_schema(args.dictionary, args.cohort, args.holdout_size, args.json)
     if args.command in ("node", "workspace", "credential", "loopback"):
         return run_role(args)
     if args.command == "submit" and args.workspace:
@@ -213,10 +227,10 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
                            if e.pretraining else e.submission for e in job.entries]
         if job.workspace.synthetic_seed is not None:
             write_synthetic_cohort(job.workspace.cohort_path, job.workspace.synthetic_seed)
-        check_cohort(job.node)  # in simulation this command is also the node's operator
+        schema = check_cohort(job.node)  # in simulation this command is also the node's operator
         check_tracking_uri(job.node.tracking_uri)  # before any engine starts
         workspace = Workspace(job.node, job.workspace.experiment,
-                              WorkspaceSigner(job.workspace.signing_key), verbose=verbose)
+                              WorkspaceSigner(job.workspace.signing_key), verbose=verbose, schema=schema)
         notices = [workspace.check(submission) for submission in submissions]
     except (NodeError, HydraException, OmegaConfBaseException, ValueError, OSError) as ex:
         print(f"cohortfl: {ex}", file=sys.stderr)
@@ -331,6 +345,32 @@ def new_package(folder: Path) -> int:
     print(f"try it on the local engine (synthetic cohort):\n  cohortfl submit {folder} "
           f"--contributor YOUR_NAME\nthen send it to the foundation's workspace:\n  cohortfl submit "
           f"{folder} --workspace URL --ca ca.crt --token-file YOUR.token")
+    return 0
+
+
+def print_schema(dictionary_path: Path | None, cohort: Path | None, holdout_size: int, as_json: bool) -> int:
+    """``cohortfl schema``: the published cohort schema, from the node's dictionary and the header
+    and size of its cohort file (the demo's when neither is given)."""
+    from client.cohort import published_schema
+    from client.errors import NodeError
+    from conf import CONF_DIR
+    from contract.dictionary import DataDictionary, DictionaryError, describe
+
+    if (dictionary_path is None) != (cohort is None):
+        print("cohortfl: give both --dictionary and --cohort, or neither (the demo's schema)",
+              file=sys.stderr)
+        return 2
+    try:
+        schema, n_records = published_schema(cohort, dictionary_path)
+        dictionary = DataDictionary.from_yaml(dictionary_path or CONF_DIR / "dictionary" / "synthetic.yaml")
+    except (NodeError, DictionaryError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(schema.to_json())
+        return 0
+    split = (n_records - holdout_size, holdout_size) if n_records else None
+    print("\n".join(describe(schema, dictionary, split)))
     return 0
 
 

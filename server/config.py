@@ -74,6 +74,7 @@ def node_settings(cfg: DictConfig) -> NodeSettings:
         state_dir=str(output_dir(cfg) / "node-state"),
         workspace_key=str(signing_key_path(cfg)) + ".pub",
         policy=policy_from_mapping(OmegaConf.to_container(cfg.policy, resolve=True)),
+        dictionary=str(Path(str(cfg.cohort.dictionary)).expanduser().resolve()),
     )
 
 
@@ -137,12 +138,17 @@ class RunShape:
 def deployment_workspace(tracking_uri: str, experiment: str, signer,
                          overrides: tuple[str, ...] = ()) -> tuple:  # -> (Workspace, RunShape)
     """The workspace of a deployment: its MLflow server, its signer, the run shape of
-    ``conf/workspace`` and the node policy it publishes (``conf/policy``) to pre-check
-    submissions; the node enforces its own. ``overrides`` are the operator's Hydra overrides."""
+    ``conf/workspace``, the node policy it publishes (``conf/policy``) to pre-check
+    submissions (the node enforces its own) and the cohort schema the node published
+    (``cohort.published_schema``: a file ``cohortfl schema --json`` wrote; by default the demo's).
+    ``overrides`` are the operator's Hydra overrides."""
+    from contract.schema import SCHEMA, CohortSchema
     from server.workspace import Workspace
 
     cfg = compose_config(overrides)
     published = NodeSettings(data_path="", tracking_uri=tracking_uri, state_dir="",
                              policy=policy_from_mapping(OmegaConf.to_container(cfg.policy, resolve=True)))
     shape = RunShape(int(cfg.workspace.num_rounds), int(cfg.workspace.local_epochs))
-    return Workspace(published, experiment, signer), shape
+    schema_file = OmegaConf.select(cfg, "cohort.published_schema")
+    schema = CohortSchema.from_json(Path(str(schema_file)).read_text()) if schema_file else SCHEMA
+    return Workspace(published, experiment, signer, schema=schema), shape

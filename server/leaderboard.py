@@ -47,6 +47,7 @@ class Row:
     run_id: str
     paired: dict[str, PairedDifference]
     top_group: str
+    reported_class: str = REPORTED_CLASS
 
     def versus(self, other: Row) -> PairedDifference | None:
         """The node's paired bootstrap of this run's macro-F1 minus ``other``'s on the same
@@ -143,8 +144,10 @@ def _row(run) -> Row:  # run: mlflow.entities.Run
 
     out_of_the_box = with_interval(holdout_metric(Moment.OUT_OF_THE_BOX, "macro_f1"))
     fine_tuned = with_interval(holdout_metric(Moment.FINE_TUNED, "macro_f1"))
-    reported = with_interval(holdout_metric(Moment.FINE_TUNED, "recall", REPORTED_CLASS))
+    reported_class = tags.get(Tag.REPORTED_CLASS, REPORTED_CLASS)
+    reported = with_interval(holdout_metric(Moment.FINE_TUNED, "recall", reported_class))
     return Row(
+        reported_class=reported_class,
         contributor=tags.get(Tag.CONTRIBUTOR, "?"),
         strategy=run.data.params.get("strategy", "?"),
         model=run.data.params.get("model", "?"),
@@ -187,9 +190,15 @@ def versus_next(rows: list[Row], i: int) -> str:
     return text + (" noise" if paired.within_noise else "")
 
 
+def recall_header(rows: list[Row]) -> str:
+    """``Fast recall``: the reported class's recall, named as the cohort's dictionary names it."""
+    classes = {row.reported_class for row in rows} or {REPORTED_CLASS}
+    return f"{classes.pop()} recall" if len(classes) == 1 else "reported class recall"
+
+
 #: The board's columns, most needed first: a narrow terminal drops them from the end of this list.
 _PRIORITY = ("contributor", "after fine-tuning", "gain", "vs next (paired)", "strategy",
-             "out of the box", f"{REPORTED_CLASS} recall", "model", "budget used (PF)", "privacy (epsilon)",
+             "out of the box", "reported recall", "model", "budget used (PF)", "privacy (epsilon)",
              "submits", "top feature group", "compute (PF)", "sent (kB)")
 _NOTE = ("[low, high]: 95% bootstrap intervals over the holdout's records, computed on the node. vs next: "
          "the node's paired bootstrap of the macro-F1 difference with the row below on the same records; "
@@ -209,8 +218,9 @@ def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
     from rich.table import Table
 
     width = width or shutil.get_terminal_size((160, 24)).columns
+    recall = recall_header(rows)
     header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
-              "gain", f"{REPORTED_CLASS} recall", "vs next (paired)", "top feature group",
+              "gain", recall, "vs next (paired)", "top feature group",
               "compute (PF)", "budget used (PF)", "submits", "sent (kB)", "privacy (epsilon)")
     lines = [(r.contributor, r.strategy, r.model, _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
               _with_interval(r.fine_tuned, r.fine_tuned_ci95), f"{r.gain:+.3f}",
@@ -220,7 +230,8 @@ def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
               f"{r.exported_bytes / 1000:.1f}", _privacy(r)) for i, r in enumerate(rows)]
     natural = {name: max(len(row[i]) for row in [header, *lines]) + 3 for i, name in enumerate(header)}
     kept, used = set(), 0
-    for name in _PRIORITY:  # each column whole, most needed first, while the width lasts
+    for name in (recall if name == "reported recall" else name for name in _PRIORITY):
+        # each column whole, most needed first, while the width lasts
         if used + natural[name] <= width or not kept:
             kept.add(name)
             used += natural[name]
@@ -313,7 +324,7 @@ def as_records(rows: list[Row]) -> list[dict[str, object]]:
         for name, (value, (low, high)) in (
                 ("out_of_the_box_macro_f1", (row.out_of_the_box, row.out_of_the_box_ci95)),
                 ("fine_tuned_macro_f1", (row.fine_tuned, row.fine_tuned_ci95)),
-                (f"{REPORTED_CLASS.lower()}_recall", (row.reported_recall, row.reported_recall_ci95))):
+                (f"{row.reported_class.lower()}_recall", (row.reported_recall, row.reported_recall_ci95))):
             record.update({name: value, f"{name}_ci95_low": low, f"{name}_ci95_high": high})
         record.update({"gain_macro_f1": row.gain, "top_feature_group": row.top_group,
                        "compute_pf": row.compute_pf, "budget_used_pf": row.budget_used_pf,

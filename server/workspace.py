@@ -30,7 +30,7 @@ from client.policy import check_model, check_train_config, feature_pipeline
 from client.settings import NodeSettings
 from client.training import TrainConfig
 from contract.names import GAIN_METRIC, Artifact, Moment, Tag, UsageMetric, holdout_metric
-from contract.schema import SCHEMA
+from contract.schema import SCHEMA, CohortSchema
 from contract.submission import Submission
 from server.app import Progress
 from server.leaderboard import BOARD_VIEW_TAG, describe_experiment, read_budget
@@ -63,16 +63,21 @@ class Workspace:
     artifact_dir : Path, optional
         Where a new experiment keeps its artifacts; by default ``mlartifacts``
         beside a SQLite store (a tracking server decides for itself).
+    schema : CohortSchema
+        The cohort schema the node published (``cohortfl schema``): every run is built for it
+        (its model's shapes, its features) and carries it; the node refuses another.
     """
 
     #: How many nodes a run has: the pilot's one (a strategy is rehearsed against as many).
     nodes = 1
 
     def __init__(self, node: NodeSettings, experiment: str, signer: WorkspaceSigner,
-                 artifact_dir: Path | None = None, verbose: bool = False) -> None:
+                 artifact_dir: Path | None = None, verbose: bool = False,
+                 schema: CohortSchema = SCHEMA) -> None:
         from mlflow.tracking import MlflowClient
 
         self.node = node
+        self.schema = schema
         self.experiment = experiment
         self.signer = signer
         self.verbose = verbose
@@ -185,7 +190,9 @@ class Workspace:
         from server.rehearsal import rehearse
 
         policy = self.node.policy
-        check_model(submission.model, policy, feature_pipeline(submission.features), len(SCHEMA.classes))
+        submission = self.for_cohort(submission)
+        check_model(submission.model, policy, feature_pipeline(submission.features, self.schema),
+                    len(self.schema.classes))
         if not 1 <= submission.num_rounds <= policy.rounds_max:
             raise PolicyViolation("rounds-range", f"rounds must lie in [1, {policy.rounds_max}]")
         check_train_config(TrainConfig(lr=submission.lr, local_epochs=submission.local_epochs,
@@ -198,9 +205,15 @@ class Workspace:
         return rehearse(submission.strategy, initial_arrays(submission), submission.train_config(),
                         self.nodes, sends_train_loss=not policy.dp_enabled)
 
+    def for_cohort(self, submission: Submission) -> Submission:
+        """The submission built for this workspace's published cohort schema (the workspace's
+        word, as the contributor and the rounds are)."""
+        return replace(submission, cohort_schema="" if self.schema == SCHEMA else self.schema.to_json())
+
     def open_run(self, submission: Submission, batch: str = "", notices: list[str] = ()) -> Submission:
         """Create the submission's MLflow run (with ``check``'s notices); return the submission
-        with its id."""
+        with its id, built for the published cohort schema."""
+        submission = self.for_cohort(submission)
         version = code_version()
         run = self.client.create_run(
             self.experiment_id, tags={

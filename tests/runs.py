@@ -11,10 +11,10 @@ from server.signing import WorkspaceSigner
 
 
 def node_run(contributor: str, submission_id: str, model: ModelSpec, seed: int = 0,
-             num_rounds: int = 1, features: FeatureSpec | None = None) -> Submission:
+             num_rounds: int = 1, features: FeatureSpec | None = None, cohort_schema: str = "") -> Submission:
     """A FedAvg submission with the node-facing fields given and the pilot's hyperparameters."""
     return Submission(contributor=contributor, submission_id=submission_id, model=model, seed=seed,
-                      num_rounds=num_rounds, features=features or FeatureSpec(),
+                      num_rounds=num_rounds, features=features or FeatureSpec(), cohort_schema=cohort_schema,
                       strategy={"_target_": "flwr.serverapp.strategy.FedAvg"}, lr=0.05, batch_size=32,
                       local_epochs=1)
 

@@ -85,14 +85,20 @@ may_be_missing: [nfl_pg_ml]
     assert "numeric columns by group: genes 43, clinical 2" in summary
 
 
-def test_missing_cells_in_a_declared_column_are_named_and_the_node_does_not_pretend_to_impute(tmp_path):
+def test_missing_cells_are_accepted_where_the_dictionary_declares_them_and_refused_elsewhere(tmp_path):
     frame = other_cohort()
     path = tmp_path / "registry.parquet"
     frame.to_parquet(path)
     dictionary = tmp_path / "dictionary.yaml"
-    dictionary.write_text(draft(frame).to_yaml())
-    with pytest.raises(CohortValidationError, match="does not impute yet") as refused:
-        check_with_dictionary(path, dictionary, holdout_size=60)
+    dictionary.write_text(draft(frame).to_yaml())  # the draft declares nfl_pg_ml, which has gaps
+    summary = check_with_dictionary(path, dictionary, holdout_size=60)
+    missing = int(frame["nfl_pg_ml"].isna().sum())
+    assert f"missing cells: {missing} in 1 of the 1 column(s) that may have them" in summary
+    undeclared = tmp_path / "undeclared.yaml"
+    text = dictionary.read_text()
+    undeclared.write_text(text.replace("may_be_missing:\n- nfl_pg_ml", "may_be_missing: []"))
+    with pytest.raises(CohortValidationError, match="may_be_missing lists") as refused:
+        check_with_dictionary(path, undeclared, holdout_size=60)
     assert "'nfl_pg_ml'" in str(refused.value)
 
 

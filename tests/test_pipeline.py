@@ -308,3 +308,34 @@ def test_groups_and_roles_come_from_the_dictionary_not_from_column_names():
                        ({"gene_sets": {"s": ("DMD", "ck")}}, "unknown gene column")):
         with pytest.raises(FeatureSpecError, match=match):
             FeaturePipeline(FeatureSpec(**bad), list(names), {}, groups).fit(data)
+
+
+@pytest.mark.parametrize("impute", ["median", "mean", "zero"])
+def test_missing_cells_are_filled_from_the_fit_frame_only_and_indicated_when_asked(impute):
+    fit, other = frame(0), frame(1)
+    for data, rows in ((fit, [1, 4, 9]), (other, [0, 2])):
+        data.loc[rows, "clinical_1"] = np.nan
+        data.loc[rows[:1], "onset"] = None
+    spec = FeatureSpec(impute=impute, missing_indicators=True)
+    fitted = FeaturePipeline(spec, NUMERIC, LEVELS, missing=["clinical_1", "onset"]).fit(fit)
+    observed = fit["clinical_1"].dropna()
+    expected = {"median": observed.median(), "mean": observed.mean(), "zero": 0.0}[impute]
+    assert fitted.fill_ == {NUMERIC.index("clinical_1"): pytest.approx(expected)}
+    assert fitted.feature_names[-2:] == ["missing:clinical_1", "missing:onset"]
+    out = fitted.transform(other)
+    assert np.isfinite(out).all()
+    column = fitted.feature_names.index("clinical_1")
+    i = NUMERIC.index("clinical_1")
+    filled = (expected - fitted.mean_[i]) / fitted.scale_[i]
+    assert np.allclose(out[[0, 2], column], filled, atol=1e-5)  # the fit frame's value, not other's
+    assert out[:, -2].tolist() == [1.0 if i in (0, 2) else 0.0 for i in range(len(other))]
+    assert out[0, fitted.feature_names.index("onset=childhood"):][:3].tolist() == [0.0, 0.0, 0.0]
+    assert FeaturePipeline(FeatureSpec(), NUMERIC, LEVELS, missing=["clinical_1"]).fit(fit).n_features == \
+        FeaturePipeline(FeatureSpec(), NUMERIC, LEVELS).n_features  # no indicators unless asked
+
+
+def test_impute_and_indicators_are_checked():
+    for bad, match in (({"impute": "knn"}, "'impute' must be one of"),
+                       ({"missing_indicators": "yes"}, "'missing_indicators' must be true or false")):
+        with pytest.raises(FeatureSpecError, match=match):
+            FeatureSpec(**bad)
