@@ -2,10 +2,11 @@
 importance, from 150 to 100,000 records and from 50 to 20,000 gene columns, on the registry
 cohort of another shape (``synthetic/registry.py``, read with ``conf/dictionary/registry.yaml``).
 
-Each size runs in a fresh process, so its peak memory (``ru_maxrss``) is its own; it is shown
-beside the size of the node's feature tensors. The epoch is the node's own ``train_local`` (plain
-SGD, the node's batch partition and FLOP meter) beside a plain torch loop over the same tensors and
-batch size: what the node's rules cost. Prints a table; asserts nothing. Usage::
+Each size's file is written by one process and read by a fresh one, whose peak memory
+(``ru_maxrss``) is the node's own; it is shown beside the size of the node's feature tensors. The
+epoch is the node's own ``train_local`` (plain SGD, the node's batch partition and FLOP meter)
+beside a plain torch loop over the same tensors and batch size: what the node's rules cost.
+Prints a table; asserts nothing. Usage::
 
     python benchmarks/scale.py [--sizes 150x50 6400x20000 ...] [--model linear|mlp]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +29,14 @@ DICTIONARY = ROOT / "conf" / "dictionary" / "registry.yaml"
 SIZES = ("150x50", "150x20000", "6400x2000", "6400x20000", "100000x50", "100000x2000")
 
 
-def measure(records: int, genes: int, model_name: str) -> dict[str, float]:
+def make(records: int, genes: int, path: Path) -> None:
+    """Write the registry cohort of one size."""
+    from synthetic.registry import generate_registry
+
+    generate_registry(0, n_records=records, n_genes=genes).to_parquet(path)
+
+
+def measure(records: int, genes: int, model_name: str, path: Path) -> dict[str, float]:
     """One size, in this process: seconds per phase, peak memory and tensor sizes."""
     import torch
 
@@ -38,12 +47,9 @@ def measure(records: int, genes: int, model_name: str) -> dict[str, float]:
     from client.settings import NodeSettings
     from client.training import FlopMeter, TrainConfig, predict, train_local
     from models import ModelSpec, build_for
-    from synthetic.registry import generate_registry
 
     torch.set_num_threads(2)
-    folder = Path(tempfile.mkdtemp(prefix="cohortfl-scale-"))
-    path = folder / "registry.parquet"
-    generate_registry(0, n_records=records, n_genes=genes).to_parquet(path)
+    folder = path.parent
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     holdout = max(30, min(128, records // 5))
     settings = NodeSettings(data_path=str(path), tracking_uri="", state_dir=str(folder / "state"),
@@ -101,20 +107,28 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), help="RECORDSxGENES")
     parser.add_argument("--model", default="linear", choices=("linear", "mlp"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--make", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         records, genes = map(int, args.one.split("x"))
-        print(json.dumps(measure(records, genes, args.model)))
+        if args.make:
+            make(records, genes, args.file)
+        else:
+            print(json.dumps(measure(records, genes, args.model, args.file)))
         return
-    print(f"model {args.model}; seconds; memory in MB (peak RSS of the size's own process; 'before': after "
-          "generating the file, before the node read it)")
+    print(f"model {args.model}; seconds; memory in MB (peak RSS of the process that reads the file; "
+          "'before': its imports, before the node read it)")
     header = ("records", "genes", "file", "load+check", "node ready", "node epoch", "plain epoch",
               "score", "importance (groups)", "tensors", "before", "peak")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for size in args.sizes:
-        done = subprocess.run([sys.executable, __file__, "--one", size, "--model", args.model],
-                              capture_output=True, text=True)
+        path = Path(tempfile.mkdtemp(prefix="cohortfl-scale-")) / "registry.parquet"
+        subprocess.run([sys.executable, __file__, "--one", size, "--make", "--file", str(path)], check=True)
+        done = subprocess.run([sys.executable, __file__, "--one", size, "--model", args.model, "--file",
+                               str(path)], capture_output=True, text=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
         if done.returncode != 0:
             why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode
             print(f"{size}: failed ({why})")

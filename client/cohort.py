@@ -38,6 +38,7 @@ class Cohort:
     labels: np.ndarray
     digest: str
     schema: CohortSchema = SCHEMA
+    ids: tuple[str, ...] = ()  # each record's id, in row order (a stable split hashes them)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,6 +83,7 @@ def load_cohort(path: str | Path, dictionary: str | Path | None = None) -> Cohor
         labels=schema.label_indices(frame[schema.label_column]),
         digest=hashlib.sha256(path.read_bytes()).hexdigest(),
         schema=schema,
+        ids=tuple(map(str, frame[schema.id_column])),
     )
 
 
@@ -193,11 +195,15 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
 
 
 def split_cohort(
-    cohort: Cohort, holdout_size: int = 128, seed: int = 0
+    cohort: Cohort, holdout_size: int = 128, seed: int = 0, holdout_fraction: float | None = None
 ) -> Split:
-    """Split into training and holdout parts, stratified by class, reproducibly.
+    """Split into training and holdout parts, reproducibly.
 
-    The same file and seed always give the same split.
+    By size (``holdout_size`` records, stratified by class exactly): the same file and seed
+    always give the same split, but a new version of the cohort gives another. By fraction
+    (``holdout_fraction``): each record's side follows from its id and the seed alone (a hash),
+    so a record keeps its side in every later version of the cohort, whatever was added or
+    reordered; each class's share of the holdout is the fraction, up to sampling.
 
     Raises
     ------
@@ -205,17 +211,23 @@ def split_cohort(
         A class of the dictionary has fewer than ``MIN_RECORDS_PER_CLASS`` records in the
         training split or the holdout: macro-F1 would average in a class it cannot score.
     """
-    if not 0 < holdout_size < len(cohort):
+    positions = np.arange(len(cohort))
+    if holdout_fraction is not None:
+        if not 0 < holdout_fraction < 1:
+            raise CohortValidationError(["holdout_fraction must lie strictly between 0 and 1"])
+        side = np.array([_unit_hash(seed, record) for record in cohort.ids]) < holdout_fraction
+        train, holdout = positions[~side], positions[side]
+    elif not 0 < holdout_size < len(cohort):
         raise CohortValidationError(
             [f"holdout_size must be between 1 and {len(cohort) - 1} records"]
         )
-    positions = np.arange(len(cohort))
-    try:
-        train, holdout = train_test_split(
-            positions, test_size=holdout_size, stratify=cohort.labels, random_state=seed
-        )
-    except ValueError:  # a class too small to stratify; say which below
-        train, holdout = positions[holdout_size:], positions[:holdout_size]
+    else:
+        try:
+            train, holdout = train_test_split(
+                positions, test_size=holdout_size, stratify=cohort.labels, random_state=seed
+            )
+        except ValueError:  # a class too small to stratify; say which below
+            train, holdout = positions[holdout_size:], positions[:holdout_size]
     problems = [f"class '{name}' has {int(np.sum(cohort.labels[part] == index))} record(s) in the "
                 f"{where}; every class needs at least {MIN_RECORDS_PER_CLASS} there"
                 for where, part in (("training split", train), ("holdout", holdout))
@@ -226,6 +238,12 @@ def split_cohort(
     return Split(train=np.sort(train), holdout=np.sort(holdout))
 
 
+def _unit_hash(seed: int, record_id: str) -> float:
+    """A number in [0, 1) fixed by the split seed and the record's id alone."""
+    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def _names(columns: list[str], limit: int = 8) -> str:
     """Join column names, eliding beyond ``limit``."""
     shown = ", ".join(f"'{c}'" for c in columns[:limit])
@@ -233,7 +251,7 @@ def _names(columns: list[str], limit: int = 8) -> str:
 
 
 def check_with_dictionary(path: Path, dictionary_path: Path, holdout_size: int = 128,
-                          split_seed: int = 0) -> list[str]:
+                          split_seed: int = 0, holdout_fraction: float | None = None) -> list[str]:
     """``cohortfl cohort check``: a cohort file against the foundation's data dictionary, with the
     node's own validation and split; a summary (names, groups, counts; never a value).
 
@@ -252,8 +270,9 @@ def check_with_dictionary(path: Path, dictionary_path: Path, holdout_size: int =
     validate_frame(frame, schema)
     cohort = Cohort(frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
                     schema.label_indices(frame[schema.label_column]),
-                    hashlib.sha256(path.read_bytes()).hexdigest(), schema)
-    split = split_cohort(cohort, holdout_size, split_seed)
+                    hashlib.sha256(path.read_bytes()).hexdigest(), schema,
+                    tuple(map(str, frame[schema.id_column])))
+    split = split_cohort(cohort, holdout_size, split_seed, holdout_fraction)
     counts = np.bincount(cohort.labels, minlength=len(schema.classes))
     owner = list(dictionary.groups_of(list(schema.numeric)).values())
     groups = ", ".join(f"{g.name} {owner.count(g.name)}" for g in dictionary.groups)

@@ -87,7 +87,7 @@ def check_cohort(settings: NodeSettings) -> CohortSchema:
         The data dictionary is malformed or does not fit the file's columns.
     """
     cohort = load_cohort(settings.data_path, settings.dictionary or None)
-    split_cohort(cohort, settings.holdout_size, settings.split_seed)
+    split_cohort(cohort, settings.holdout_size, settings.split_seed, settings.holdout_fraction)
     return cohort.schema
 
 
@@ -121,13 +121,14 @@ class ResidentCohort:
 
     def __init__(self, settings: NodeSettings) -> None:
         cohort = load_cohort(settings.data_path, settings.dictionary or None)
-        split = split_cohort(cohort, settings.holdout_size, settings.split_seed)
+        split = split_cohort(cohort, settings.holdout_size, settings.split_seed, settings.holdout_fraction)
         self.device = resolve_device(settings.device)
         self.schema = cohort.schema
         self.classes = cohort.schema.classes
         self.digest = cohort.digest
         #: Identifies this holdout: the same file, size and split seed give the same records.
-        self.holdout_key = f"{cohort.digest}:{settings.holdout_size}:{settings.split_seed}"
+        self.holdout_key = (f"{cohort.digest}:{settings.holdout_fraction or settings.holdout_size}:"
+                            f"{settings.split_seed}")
         self.train_frame = cohort.frame.iloc[split.train].reset_index(drop=True)
         self.holdout_frame = cohort.frame.iloc[split.holdout].reset_index(drop=True)
         self.y_train = torch.from_numpy(cohort.labels[split.train]).to(self.device)

@@ -14,7 +14,7 @@ run, a bundle or a contributor's command line:
     root-certificates: /etc/cohortfl/ca.crt     # the workspace's CA
     policy: pilot                               # conf/policy/<name>.yaml of this install
     dictionary: /etc/cohortfl/dictionary.yaml   # the cohort's data dictionary (default: the demo's)
-    # optional: device, holdout-size, split-seed
+    # optional: device, holdout-size or holdout-fraction (stable as the cohort grows), split-seed
 
 It starts Flower's SuperNode (TLS to the workspace, SuperNode authentication
 with the node's own key, ``--isolation process`` with a secret only this process
@@ -85,7 +85,7 @@ class NodeService:
             raise NodeError(f"{path} must be a mapping of node settings")
         own = (*DEPLOYMENT_KEYS, "tracking-credentials")
         known = {"data-path", "tracking-uri", "state-dir", "workspace-key", "policy", "device",
-                 "holdout-size", "split-seed", "dictionary", *own}
+                 "holdout-size", "holdout-fraction", "split-seed", "dictionary", *own}
         unknown, missing = sorted(set(config) - known), [k for k in DEPLOYMENT_KEYS if k not in config]
         if unknown or missing:
             raise NodeError(f"{path}: unknown keys {unknown}, missing {missing}")

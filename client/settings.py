@@ -34,6 +34,9 @@ class NodeSettings:
         its ledger (submissions, compute, exports) and its FLOP counts.
     workspace_key : str
         The workspace's public key file (PEM): the node works only for runs it signed.
+    holdout_fraction : float or None
+        The holdout as a share of the records, each record's side fixed by its id (stable as the
+        cohort grows); None: ``holdout_size`` records, stratified exactly.
     dictionary : str
         The foundation's data dictionary (YAML, ``contract/dictionary.py``) the cohort file is read
         with; empty: the demo's shape (``conf/dictionary/synthetic.yaml``).
@@ -48,12 +51,13 @@ class NodeSettings:
     policy: NodePolicy = field(default_factory=NodePolicy)
     workspace_key: str = ""
     dictionary: str = ""
+    holdout_fraction: float | None = None
 
     @classmethod
     def from_node_config(cls, node_config: UserConfig) -> NodeSettings:
         """Read ``--node-config`` keys: data-path, tracking-uri, state-dir, and optional
-        holdout-size, split-seed, device, policy (a ``conf/policy`` name), workspace-key,
-        dictionary."""
+        holdout-size, holdout-fraction, split-seed, device, policy (a ``conf/policy`` name),
+        workspace-key, dictionary."""
         for key in ("data-path", "tracking-uri", "state-dir"):
             if key not in node_config:
                 raise NodeError(f"the node needs --node-config '{key}=...'")
@@ -68,6 +72,8 @@ class NodeSettings:
             policy=load_policy(CONF_DIR / "policy" / f"{policy}.yaml"),
             workspace_key=str(node_config.get("workspace-key", "")),
             dictionary=str(node_config.get("dictionary", "")),
+            holdout_fraction=(float(node_config["holdout-fraction"]) if "holdout-fraction" in node_config
+                              else None),
         )
 
 

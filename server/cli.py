@@ -142,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file", type=Path, help="the cohort file (.csv or .parquet)")
     check.add_argument("--dictionary", type=Path, required=True, help="the foundation's dictionary YAML")
     check.add_argument("--holdout-size", type=int, default=128)
+    check.add_argument("--holdout-fraction", type=float, default=None,
+                       help="a share of the records, each record's side fixed by its id (stable as the "
+                            "cohort grows), in place of --holdout-size")
     schema = commands.add_parser("schema", help="print the published cohort schema: names, groups, levels, "
                                  "classes, split sizes (never a value)")
     schema.add_argument("--dictionary", type=Path, default=None,
@@ -383,7 +386,8 @@ def cohort_command(args: argparse.Namespace) -> int:
 
     try:
         if args.cohort_command == "check":
-            print("\n".join(check_with_dictionary(args.file, args.dictionary, args.holdout_size)))
+            print("\n".join(check_with_dictionary(args.file, args.dictionary, args.holdout_size,
+                                                   holdout_fraction=args.holdout_fraction)))
             return 0
         if args.out.exists():
             raise DictionaryError(f"{args.out} exists: review it, or name another file with --out")

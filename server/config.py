@@ -75,6 +75,8 @@ def node_settings(cfg: DictConfig) -> NodeSettings:
         workspace_key=str(signing_key_path(cfg)) + ".pub",
         policy=policy_from_mapping(OmegaConf.to_container(cfg.policy, resolve=True)),
         dictionary=str(Path(str(cfg.cohort.dictionary)).expanduser().resolve()),
+        holdout_fraction=(None if OmegaConf.select(cfg, "cohort.holdout_fraction") is None
+                          else _number(cfg, "cohort.holdout_fraction", float)),
     )
 
 

@@ -43,12 +43,14 @@ def gene_id(position: int) -> str:
     return f"ENSG{position:011d}"
 
 
-def _informative_positions(n_genes: int) -> np.ndarray:
-    """Where the demo's 200 genes sit on a panel of ``n_genes`` (sorted, fixed by the platform)."""
+def _layout(n_genes: int) -> dict[str, int]:
+    """Where the demo's genes sit on a panel of ``n_genes`` (fixed by the platform): all 200 spread
+    over a larger panel; on a smaller one, its first ``n_genes`` and nothing else."""
     if n_genes < len(GENE_COLUMNS):
-        raise ValueError(f"the panel needs at least {len(GENE_COLUMNS)} genes")
+        return {gene: i for i, gene in enumerate(GENE_COLUMNS[:n_genes])}
     rng = np.random.default_rng(_PLATFORM_SEED)
-    return np.sort(rng.choice(n_genes, len(GENE_COLUMNS), replace=False))
+    positions = np.sort(rng.choice(n_genes, len(GENE_COLUMNS), replace=False))
+    return dict(zip(GENE_COLUMNS, map(int, positions), strict=True))
 
 
 def generate_registry(seed: int = 0, n_records: int = N_RECORDS, n_genes: int = N_GENES,
@@ -63,7 +65,7 @@ def generate_registry(seed: int = 0, n_records: int = N_RECORDS, n_genes: int = 
     n_records : int
         Records, in the demo's class proportions.
     n_genes : int
-        Genes on the panel (at least 200).
+        Genes on the panel (fewer than 200: only the first of the demo's informative genes).
     missing_share : float
         Share of missing cells in each of ``SPARSE_LABS``; half of it in ``onset_group``.
     """
@@ -71,12 +73,12 @@ def generate_registry(seed: int = 0, n_records: int = N_RECORDS, n_genes: int = 
     counts = np.floor(shares * n_records).astype(int)
     counts[0] += n_records - counts.sum()
     base = generate_cohort(seed, dict(zip(CLASSES, map(int, counts), strict=True)))
-    positions = _informative_positions(n_genes)
+    layout = _layout(n_genes)
     platform = np.random.default_rng(_PLATFORM_SEED + 1)
     offsets = platform.uniform(2.0, 10.0, n_genes).astype(np.float32)
     rng = np.random.default_rng(seed + 7_000)
     genes = rng.standard_normal((n_records, n_genes), dtype=np.float32) * np.float32(0.6) + offsets
-    genes[:, positions] = base[list(GENE_COLUMNS)].to_numpy(np.float32)
+    genes[:, list(layout.values())] = base[list(layout)].to_numpy(np.float32)
     labs = base[list(CLINICAL_COLUMNS)].set_axis(list(LABS), axis=1)
     for column in SPARSE_LABS:
         labs.loc[rng.random(n_records) < missing_share, column] = np.nan
@@ -93,6 +95,8 @@ def generate_registry(seed: int = 0, n_records: int = N_RECORDS, n_genes: int = 
 
 
 def registry_gene_sets(n_genes: int = N_GENES) -> dict[str, list[str]]:
-    """The public gene-set database in the panel's gene ids."""
-    rename = dict(zip(GENE_COLUMNS, (gene_id(int(p)) for p in _informative_positions(n_genes)), strict=True))
-    return {name: [rename[g] for g in genes] for name, genes in public_gene_sets().items()}
+    """The public gene-set database in the panel's gene ids (sets of at least 2 genes on it)."""
+    layout = _layout(n_genes)
+    sets = {name: [gene_id(layout[g]) for g in genes if g in layout]
+            for name, genes in public_gene_sets().items()}
+    return {name: genes for name, genes in sets.items() if len(genes) >= 2}

@@ -262,3 +262,29 @@ def test_a_class_too_small_for_the_holdout_is_refused(write_broken):
 
     with pytest.raises(CohortValidationError, match="class 'Fast' has [0-4] record.* in the holdout"):
         split_cohort(load_cohort(write_broken(nearly_no_fast)), 128, 0)
+
+
+def test_a_split_by_fraction_keeps_every_records_side_as_the_cohort_grows(tmp_path):
+    """Version 2 holds version 1's records (reordered) and 640 new ones: every old record is on
+    the same side; each class's share of the holdout is near the fraction."""
+    from synthetic.disease import generate_cohort
+
+    first = generate_cohort(seed=0)
+    grown = pd.concat([generate_cohort(seed=1), first]).sample(frac=1.0, random_state=3)
+    sides = []
+    for name, table in (("v1", first), ("v2", grown)):
+        path = tmp_path / f"{name}.parquet"
+        table.to_parquet(path)
+        cohort = load_cohort(path)
+        split = split_cohort(cohort, seed=7, holdout_fraction=0.2)
+        ids = np.array(cohort.ids)
+        sides.append((set(ids[split.train]), set(ids[split.holdout]), cohort, split))
+    (train_1, holdout_1, cohort_1, split_1), (train_2, holdout_2, _, _) = sides
+    assert train_1 <= train_2 and holdout_1 <= holdout_2
+    assert 0.15 < len(holdout_1) / len(cohort_1) < 0.25
+    for k in range(3):
+        assert 0.12 < np.sum(cohort_1.labels[split_1.holdout] == k) / np.sum(cohort_1.labels == k) < 0.28
+    other_seed = split_cohort(cohort_1, seed=8, holdout_fraction=0.2)
+    assert set(other_seed.holdout) != set(split_1.holdout)  # the seed draws another holdout
+    with pytest.raises(CohortValidationError, match="holdout_fraction"):
+        split_cohort(cohort_1, holdout_fraction=1.0)
