@@ -59,6 +59,7 @@ class NodePolicy:
     dp_max_parameters: int = 500_000
     importance_per_feature: bool = False
     record_tripwire: bool = True
+    eda_min_cell: int = 10
 
     @property
     def privacy(self) -> PrivacyPolicy | None:

@@ -120,6 +120,8 @@ class Tag(StrEnum):
     TOP_GROUP = "cohortfl.top_feature_group"
     #: The class whose recall the board shows beside macro-F1 (the data dictionary's ``reported``).
     REPORTED_CLASS = "cohortfl.reported_class"
+    #: The one run of an experiment that holds the cohort's EDA (not a submission).
+    COHORT_EDA = "cohortfl.cohort_eda"
 
 
 #: Prefix of a paired comparison with another run: ``cohortfl.paired.<run id>``.

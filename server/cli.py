@@ -14,6 +14,8 @@
     cohortfl publish --dir D --all           publish finished runs to every contributor
     cohortfl cohort init FILE                draft the cohort's data dictionary
     cohortfl cohort check FILE --dictionary D   check a cohort file against it
+    cohortfl eda [--cohort FILE --dictionary D] [--out F] [--foundation]
+                                             the cohort's EDA, small cells suppressed
     cohortfl schema [--dictionary D --cohort FILE] [--json]
                                              the published cohort schema contributors build for
     cohortfl loopback --dir D                workspace + node on this machine, on loopback
@@ -155,6 +157,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     schema.add_argument("--holdout-size", type=int, default=128)
     schema.add_argument("--json", action="store_true",
                         help="the schema as the workspace reads it (cohort.published_schema)")
+    eda = commands.add_parser("eda", help="the foundation: the cohort's EDA from its training split, counts "
+                              "under the policy's eda_min_cell suppressed")
+    eda.add_argument("--cohort", type=Path, default=Path("cohortfl-demo/cohort.parquet"),
+                     help="the cohort file (default: the demo's)")
+    eda.add_argument("--dictionary", type=Path, default=None,
+                     help="its data dictionary (default: the demo's)")
+    eda.add_argument("--holdout-size", type=int, default=128)
+    eda.add_argument("--holdout-fraction", type=float, default=None)
+    eda.add_argument("--policy", default="pilot", help="conf/policy/<name>.yaml: its eda_min_cell is k")
+    eda.add_argument("--foundation", action="store_true", help="the foundation's own, nothing suppressed "
+                     "(a file only)")
+    eda.add_argument("--out", type=Path, default=Path("cohort_eda.html"))
+    eda.add_argument("--tracking-uri", default=None, help="also log the published EDA to this MLflow")
+    eda.add_argument("--experiment", default="cohortfl", help="the experiment it goes to")
     loopback = commands.add_parser("loopback", help="workspace + node on loopback, for development")
     loopback.add_argument("--dir", type=Path, default=Path("cohortfl-loopback"))
     args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
@@ -176,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return publish_runs(args.dir, args.contributor, args.run)
     if args.command == "cohort":
         return cohort_command(args)
+    if args.command == "eda":
+        return eda_command(args)
     if args.command == "schema":
         return print_schema(args.dictionary, args.cohort, args.holdout_size, args.json)
     if args.command in ("node", "workspace", "credential", "loopback"):
@@ -260,11 +278,12 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
             print(f"{outcome.submission.contributor} failed: {outcome.error}", file=sys.stderr)
 
     print()
-    picture = ""
+    picture = eda = ""
     try:
         print(board(job.node.tracking_uri, job.workspace.experiment, batch))
-        if demo:  # the demo's board is a whole board: its picture is drawn anew
+        if demo:  # the demo's board is a whole board: its picture is drawn anew, its cohort described
             picture = draw_picture(job.node.tracking_uri, job.workspace.experiment, workspace.experiment_id)
+            eda = publish_eda(job.node, workspace.experiment_id)
     except Exception as ex:  # the store went away during the runs: the outcomes above say so
         print(f"(the leaderboard cannot be read now: {type(ex).__name__} from {job.node.tracking_uri})")
     print()
@@ -279,6 +298,9 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
     print(f"the board:   {board_link(ui, workspace.experiment_id)}")
     if picture:
         print(f"its picture: {picture_link(ui, workspace.experiment_id, picture)}")
+    if eda:
+        print(f"cohort EDA:  {picture_link(ui, workspace.experiment_id, eda)} (published: counts "
+              f"under {job.node.policy.eda_min_cell} suppressed)")
     print(f"Leaderboard: cohortfl leaderboard --tracking-uri {job.node.tracking_uri}")
     return 1 if failed else 0
 
@@ -530,6 +552,56 @@ def print_records(uri: str, experiment: str, batch: str | None, form: str) -> No
         writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
+
+
+PUBLISHED_EDA_TITLE = "The cohort, as contributors see it"
+
+
+def publish_eda(node, experiment_id: str) -> str:  # node: NodeSettings
+    """The cohort's published EDA (suppressed at the policy's ``eda_min_cell``), logged as the one
+    EDA run of the experiment; the run's id. In simulation this command is the node's operator."""
+    from mlflow.tracking import MlflowClient
+
+    from client.eda import eda_of_file, log_eda
+
+    report = eda_of_file(node.data_path, node.dictionary or None, node.policy.eda_min_cell,
+                         node.holdout_size, node.split_seed, node.holdout_fraction)
+    return log_eda(MlflowClient(node.tracking_uri), experiment_id, report, PUBLISHED_EDA_TITLE)
+
+
+def eda_command(args: argparse.Namespace) -> int:
+    """``cohortfl eda``: the cohort's EDA as an HTML page (the published one, or the foundation's),
+    and the published one logged to MLflow when a tracking URI is given."""
+    from client.eda import eda_of_file, log_eda, to_html
+    from client.errors import CohortValidationError
+    from client.settings import load_policy
+    from conf import CONF_DIR
+    from contract.dictionary import DictionaryError
+
+    if args.foundation and args.tracking_uri:
+        print("cohortfl: the foundation's EDA is not suppressed: it is written to a file, never logged",
+              file=sys.stderr)
+        return 2
+    k = 1 if args.foundation else load_policy(CONF_DIR / "policy" / f"{args.policy}.yaml").eda_min_cell
+    try:
+        report = eda_of_file(args.cohort, args.dictionary, k, args.holdout_size,
+                             holdout_fraction=args.holdout_fraction)
+    except (CohortValidationError, DictionaryError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    title = "The cohort, for the foundation only" if args.foundation else PUBLISHED_EDA_TITLE
+    args.out.write_text(to_html(report, title), encoding="utf-8")
+    print(f"wrote {args.out}: {report.n_records} training records, "
+          + ("nothing suppressed (the foundation's own)" if k == 1 else f"counts under {k} suppressed"))
+    if args.tracking_uri:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(args.tracking_uri)
+        found = client.get_experiment_by_name(args.experiment)
+        experiment = found.experiment_id if found else client.create_experiment(args.experiment)
+        print(f"logged to {args.tracking_uri}, experiment {args.experiment}: run "
+              f"{log_eda(client, experiment, report, title)}")
+    return 0
 
 
 def draw_picture(uri: str, experiment: str, experiment_id: str) -> str:

@@ -100,7 +100,7 @@ def read_unfinished(tracking_uri: str, experiment: str, batch: str | None = None
 
 def _search(tracking_uri: str, experiment: str, batch: str | None, query: str, order: str) -> list:
     """Every submission's run of ``experiment`` (of one batch) that ``query`` matches (the board's
-    picture run is not one)."""
+    picture and the cohort's EDA are not)."""
     from mlflow.tracking import MlflowClient
 
     from server.board_picture import PICTURE_TAG
@@ -114,7 +114,7 @@ def _search(tracking_uri: str, experiment: str, batch: str | None, query: str, o
     if batch:
         query += f" and tags.`{Tag.BATCH}` = '{batch}'"
     return [run for run in every_run(client, [found.experiment_id], query, order)
-            if PICTURE_TAG not in run.data.tags]
+            if PICTURE_TAG not in run.data.tags and Tag.COHORT_EDA not in run.data.tags]
 
 
 def every_run(client, experiments: list[str], query: str = "", order: str | None = None) -> list:
