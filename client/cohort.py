@@ -78,13 +78,27 @@ def load_cohort(path: str | Path, dictionary: str | Path | None = None) -> Cohor
 
         schema = DataDictionary.from_yaml(dictionary).resolve([str(c) for c in frame.columns])
     validate_frame(frame, schema)
+    labels = schema.label_indices(frame[schema.label_column])
+    ids = tuple(map(str, frame[schema.id_column]))
+    features = set(schema.feature_columns)
+    frame = frame.drop(columns=[c for c in frame.columns if c not in features])
     return Cohort(
-        frame=frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
-        labels=schema.label_indices(frame[schema.label_column]),
-        digest=hashlib.sha256(path.read_bytes()).hexdigest(),
+        frame=frame[list(schema.feature_columns)] if list(frame.columns) != list(schema.feature_columns)
+        else frame,
+        labels=labels,
+        digest=_file_digest(path),
         schema=schema,
-        ids=tuple(map(str, frame[schema.id_column])),
+        ids=ids,
     )
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def published_schema(path: Path | None, dictionary: Path | None) -> tuple[CohortSchema, int | None]:
@@ -158,26 +172,27 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
     problems: list[str] = []
     if len(frame) == 0:
         raise CohortValidationError(["the file has no records"])
-    missing = [c for c in schema.all_columns if c not in frame.columns]
+    expected, found = set(schema.all_columns), set(frame.columns)
+    missing = [c for c in schema.all_columns if c not in found]
     if missing:
         problems.append(f"missing column(s): {_names(missing)}")
-    unexpected = [c for c in frame.columns if c not in schema.all_columns]
+    unexpected = [c for c in frame.columns if c not in expected]
     if unexpected:  # counted, not named: a file without a header row would name its first record
         problems.append(f"{len(unexpected)} column(s) not in the schema: the header must be "
                         "the schema's column names")
-    present = [c for c in schema.all_columns if c in frame.columns]
+    present = [c for c in schema.all_columns if c in found]
     allowed = set(schema.may_be_missing)
-    with_nan = [c for c in present if c not in allowed and frame[c].isna().any()]
+    nan_columns = set(frame.columns[frame.isna().any().to_numpy()])
+    with_nan = [c for c in present if c not in allowed and c in nan_columns]
     if with_nan:
         problems.append(f"missing values in column(s): {_names(with_nan)} (the data dictionary's "
                         "may_be_missing lists the columns that may have them)")
-    not_numeric = [
-        c for c in schema.numeric if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c])
-    ]
+    dtypes = frame.dtypes
+    not_numeric = [c for c in schema.numeric if c in found and not pd.api.types.is_numeric_dtype(dtypes[c])]
     if not_numeric:
         problems.append(f"non-numeric values in numeric column(s): {_names(not_numeric)}")
-    numeric_ok = [c for c in schema.numeric if c in frame.columns and c not in not_numeric]
-    if numeric_ok and not np.isfinite(frame[numeric_ok].to_numpy(dtype=float, na_value=0.0)).all():
+    numeric_ok = [c for c in schema.numeric if c in found and c not in set(not_numeric)]
+    if numeric_ok and np.isinf(frame[numeric_ok]).to_numpy().any():  # block by block, a boolean mask
         problems.append("infinite values in numeric column(s)")
     for column, levels in schema.categorical.items():
         if column in frame.columns and not frame[column].dropna().isin(levels).all():
@@ -188,7 +203,7 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
     if schema.id_column in frame.columns and frame[schema.id_column].duplicated().any():
         problems.append(f"duplicate values in '{schema.id_column}': each record needs its own id")
     features = [c for c in schema.feature_columns if c in frame.columns]
-    if features and frame.duplicated(subset=features).any():
+    if features and _has_duplicate_rows(frame[features]):
         problems.append("duplicate records: two or more rows have identical features")
     if problems:
         raise CohortValidationError(problems)
@@ -238,6 +253,14 @@ def split_cohort(
     return Split(train=np.sort(train), holdout=np.sort(holdout))
 
 
+def _has_duplicate_rows(frame: pd.DataFrame) -> bool:
+    """Two rows with identical values: rows are hashed column by column (memory of one column),
+    and only rows whose hashes collide are compared whole."""
+    hashes = pd.util.hash_pandas_object(frame, index=False)
+    candidates = hashes.duplicated(keep=False).to_numpy()
+    return bool(candidates.any() and frame.loc[candidates].duplicated().any())
+
+
 def _unit_hash(seed: int, record_id: str) -> float:
     """A number in [0, 1) fixed by the split seed and the record's id alone."""
     digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
@@ -270,7 +293,7 @@ def check_with_dictionary(path: Path, dictionary_path: Path, holdout_size: int =
     validate_frame(frame, schema)
     cohort = Cohort(frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
                     schema.label_indices(frame[schema.label_column]),
-                    hashlib.sha256(path.read_bytes()).hexdigest(), schema,
+                    _file_digest(path), schema,
                     tuple(map(str, frame[schema.id_column])))
     split = split_cohort(cohort, holdout_size, split_seed, holdout_fraction)
     counts = np.bincount(cohort.labels, minlength=len(schema.classes))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -206,7 +207,7 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     every record is in one. Asking for 511 or 512 of 512 records gives the same single batch."""
     count = max(1, n // batch_size)
     sizes = [n // count + (1 if i < n % count else 0) for i in range(count)]
-    starts = [sum(sizes[:i]) for i in range(count)]
+    starts = [0, *itertools.accumulate(sizes)][:-1]
     return [(start, start + size) for start, size in zip(starts, sizes, strict=True)]
 
 

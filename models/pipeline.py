@@ -96,10 +96,10 @@ class FeaturePipeline:
             The spec does not fit the numeric columns.
         """
         self.spec.validate(self.numeric, self.groups)
-        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=True)
+        values = frame[self.numeric].to_numpy(dtype=np.float32, copy=True)
         self.fill_ = {}
         for i in self._column_index([c for c in self.missing if c not in self.categorical]):
-            observed = values[:, i][~np.isnan(values[:, i])]
+            observed = values[:, i][~np.isnan(values[:, i])].astype(np.float64)
             fill = (0.0 if self.spec.impute == "zero" or not len(observed) else
                     float(np.median(observed) if self.spec.impute == "median" else observed.mean()))
             self.fill_[i] = fill
@@ -107,60 +107,75 @@ class FeaturePipeline:
         self.transforms_ = []  # (column index, steps, each step's statistics), from this frame only
         for column, steps in self.spec.transform_plan(self.numeric, self.groups).items():
             i, fitted = self.numeric.index(column), []
+            column_values = values[:, i].astype(np.float64)
             for step in steps:
-                fitted.append(_fit_step(step, values[:, i]))
-                values[:, i] = _apply_step(step, fitted[-1], values[:, i])
+                fitted.append(_fit_step(step, column_values))
+                column_values = _apply_step(step, fitted[-1], column_values)
+            values[:, i] = column_values
             self.transforms_.append((i, steps, fitted))
-        self.mean_ = values.mean(axis=0)
-        self.scale_ = _nonzero(values.std(axis=0))
-        standardised = (values - self.mean_) / self.scale_
+        self.mean_, self.scale_ = _moments(values)
         self.components_: dict[str, np.ndarray] = {}
         if self.spec.gene_set_score == "pc1":
             for name, index in zip(self.spec.gene_sets, self._set_index(), strict=True):
-                self.components_[name] = first_component(standardised[:, index])
-        scores = self._raw_scores(values, standardised)
+                self.components_[name] = first_component((values[:, index] - self.mean_[index])
+                                                         / self.scale_[index])
+        _, scores = self._standardise_and_score(values)
         self.score_mean_ = scores.mean(axis=0)
         self.score_scale_ = _nonzero(scores.std(axis=0))
         return self
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Return the float32 feature matrix, shape (len(frame), n_features)."""
-        values = frame[self.numeric].to_numpy(dtype=np.float64, copy=bool(self.transforms_ or self.fill_))
+        """Return the float32 feature matrix, shape (len(frame), n_features).
+
+        Computed in float64 column groups' statistics but float32 values, in place where it can:
+        its memory is about twice the matrix it returns."""
+        values = frame[self.numeric].to_numpy(dtype=np.float32, copy=True)
         for i, fill in self.fill_.items():
             values[np.isnan(values[:, i]), i] = fill
         for i, steps, fitted in self.transforms_:
+            column_values = values[:, i].astype(np.float64)
             for step, statistics in zip(steps, fitted, strict=True):
-                values[:, i] = _apply_step(step, statistics, values[:, i])
-        standardised = (values - self.mean_) / self.scale_
-        blocks = [standardised[:, self._raw_index()]]
+                column_values = _apply_step(step, statistics, column_values)
+            values[:, i] = column_values
+        standardised, scores = self._standardise_and_score(values)
+        raw = self._raw_index()
+        blocks = [standardised if len(raw) == len(self.numeric) else standardised[:, raw]]
         for column, levels in self.categorical.items():
             codes = pd.Categorical(frame[column], categories=levels).codes
             blocks.append(np.vstack([np.eye(len(levels)), np.zeros(len(levels))])[codes])
-        scores = (self._raw_scores(values, standardised) - self.score_mean_) / self.score_scale_
-        blocks.append(scores)
+        scores = (scores - self.score_mean_) / self.score_scale_
+        blocks.append(scores.astype(np.float32))
         if self.spec.interactions:
             by_sets = self.spec.interaction_left == "gene_sets"
             left = scores if by_sets else standardised[:, self._signatures()]
             right = standardised[:, self._column_index(self.spec.interactions)]
             blocks.append((left[:, :, None] * right[:, None, :]).reshape(len(frame), -1))
         if self.spec.missing_indicators and self.missing:
-            blocks.append(frame[self.missing].isna().to_numpy(np.float64))
-        return np.hstack(blocks).astype(np.float32)
+            blocks.append(frame[self.missing].isna().to_numpy(np.float32))
+        if len(blocks) == 1 or all(b.shape[1] == 0 for b in blocks[1:]):
+            return np.ascontiguousarray(blocks[0], dtype=np.float32)
+        return np.hstack(blocks, dtype=np.float32)
 
-    def _raw_scores(self, values: np.ndarray, standardised: np.ndarray) -> np.ndarray:
-        """Unstandardised gene-set scores, shape (n_records, n_sets)."""
+    def _standardise_and_score(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Standardise ``values`` (float32, filled and transformed) in place, and return them with
+        the unstandardised gene-set scores, shape (n_records, n_sets): ranks are read before."""
         members = self._set_index()
         kind = self.spec.gene_set_score
+        scores = None
         if kind == "rank":
             genes = self._column_index(self.groups.gene_columns())
             position = {column: i for i, column in enumerate(genes)}
-            return rank_scores(values[:, genes], [np.array([position[i] for i in m]) for m in members])
+            scores = rank_scores(values[:, genes], [np.array([position[i] for i in m]) for m in members])
+        values -= self.mean_.astype(np.float32)
+        values /= self.scale_.astype(np.float32)
         if kind == "pc1":
             names = list(self.spec.gene_sets)
-            columns = [standardised[:, m] @ self.components_[n] for n, m in zip(names, members, strict=True)]
-        else:
-            columns = [standardised[:, m].mean(axis=1) for m in members]
-        return np.column_stack(columns) if columns else np.empty((len(values), 0))
+            columns = [values[:, m] @ self.components_[n] for n, m in zip(names, members, strict=True)]
+        elif kind == "mean":
+            columns = [values[:, m].mean(axis=1) for m in members]
+        if scores is None:
+            scores = np.column_stack(columns) if columns else np.empty((len(values), 0))
+        return values, scores.astype(np.float64)
 
     def _raw_index(self) -> list[int]:
         """Indices of the numeric columns the raw block keeps."""
@@ -208,6 +223,17 @@ def _apply_step(step: str, statistics: np.ndarray | None, column: np.ndarray) ->
     if step == "rank":  # the fit frame's empirical distribution function
         return np.searchsorted(statistics, column, side="right") / len(statistics)
     return np.clip(column, statistics[0], statistics[1])
+
+
+def _moments(values: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation (1 where 0), accumulated in float64 a block of
+    columns at a time: no float64 copy of the whole matrix."""
+    mean, sd = np.empty(values.shape[1]), np.empty(values.shape[1])
+    for start in range(0, values.shape[1], chunk):
+        block = values[:, start:start + chunk].astype(np.float64)
+        mean[start:start + chunk] = block.mean(axis=0)
+        sd[start:start + chunk] = block.std(axis=0)
+    return mean, _nonzero(sd)
 
 
 def _nonzero(scale: np.ndarray) -> np.ndarray:
