@@ -80,16 +80,11 @@ def load_cohort(path: str | Path, dictionary: str | Path | None = None) -> Cohor
     validate_frame(frame, schema)
     labels = schema.label_indices(frame[schema.label_column])
     ids = tuple(map(str, frame[schema.id_column]))
-    features = set(schema.feature_columns)
-    frame = frame.drop(columns=[c for c in frame.columns if c not in features])
-    return Cohort(
-        frame=frame[list(schema.feature_columns)] if list(frame.columns) != list(schema.feature_columns)
-        else frame,
-        labels=labels,
-        digest=_file_digest(path),
-        schema=schema,
-        ids=ids,
-    )
+    order, kept = list(schema.feature_columns), set(schema.feature_columns)
+    frame = frame.drop(columns=[c for c in frame.columns if c not in kept])
+    if list(frame.columns) != order:
+        frame = frame[order]
+    return Cohort(frame.reset_index(drop=True), labels, _file_digest(path), schema, ids)
 
 
 def _file_digest(path: Path) -> str:
@@ -288,13 +283,8 @@ def check_with_dictionary(path: Path, dictionary_path: Path, holdout_size: int =
     from contract.dictionary import DataDictionary
 
     dictionary = DataDictionary.from_yaml(dictionary_path)
-    frame = read_table(path)
-    schema = dictionary.resolve([str(c) for c in frame.columns])
-    validate_frame(frame, schema)
-    cohort = Cohort(frame.loc[:, list(schema.feature_columns)].reset_index(drop=True),
-                    schema.label_indices(frame[schema.label_column]),
-                    _file_digest(path), schema,
-                    tuple(map(str, frame[schema.id_column])))
+    cohort = load_cohort(path, dictionary_path)
+    schema, frame = cohort.schema, cohort.frame
     split = split_cohort(cohort, holdout_size, split_seed, holdout_fraction)
     counts = np.bincount(cohort.labels, minlength=len(schema.classes))
     owner = list(dictionary.groups_of(list(schema.numeric)).values())

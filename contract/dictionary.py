@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,10 +223,17 @@ def _is_pattern(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def draft(table: pd.DataFrame, label: str | None = None, id_column: str | None = None) -> DataDictionary:
+#: Ensembl gene ids (``ENSG00000141510``, a version suffix allowed): a column so named is a gene.
+_ENSEMBL = re.compile(r"ENS[A-Z]*G\d{11}(\.\d+)?")
+
+
+def draft(table: pd.DataFrame, label: str | None = None, id_column: str | None = None,
+          gene_symbols: Collection[str] = ()) -> DataDictionary:
     """A first dictionary for ``table`` for the foundation to review: the id and label columns
-    (given, or guessed by name and content), numeric columns grouped by their name's prefix
-    (``gene_12`` and ``gene_7`` go to ``gene``), non-numeric columns with few values as
+    (given, or guessed by name and content), numeric columns that are genes (named in
+    ``gene_symbols``, such as the panel's symbol list, or Ensembl gene ids) in the group ``gene``,
+    other numeric columns grouped by their name's prefix (``lab_12`` and ``lab_7`` go to ``lab``),
+    non-numeric columns with few values as
     categorical with their levels, and which columns hold missing cells. It holds no value of a
     record but categorical levels and class names.
 
@@ -247,12 +255,15 @@ def draft(table: pd.DataFrame, label: str | None = None, id_column: str | None =
         raise DictionaryError("; ".join(problems))
     groups: dict[str, list[str]] = {}
     categorical: dict[str, tuple[str, ...]] = {}
+    symbols = set(gene_symbols)
     for column in columns:
         if column in (id_column, label):
             continue
         values = table[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             prefix = re.sub(r"[_.-]?\d+$", "", column) or column
+            if column in symbols or _ENSEMBL.fullmatch(column):
+                prefix = "gene"
             groups.setdefault(prefix if prefix != column else "other", []).append(column)
         elif values.nunique(dropna=True) <= MAX_LEVELS:
             categorical[column] = tuple(sorted(map(str, values.dropna().unique())))
@@ -270,7 +281,10 @@ def draft(table: pd.DataFrame, label: str | None = None, id_column: str | None =
 
 
 def _compact(columns: list[str], prefix: str) -> tuple[str, ...]:
-    """``gene_*`` when every column is the prefix and a number, else the names."""
+    """``gene_*`` when every column is the prefix and a number (``ENSG*`` for Ensembl ids), else the
+    names."""
+    if columns and all(_ENSEMBL.fullmatch(c) for c in columns):
+        return ("ENS*G*",)
     if prefix != "other" and all(re.fullmatch(rf"{re.escape(prefix)}[_.-]?\d+", c) for c in columns):
         separator = re.match(rf"{re.escape(prefix)}([_.-]?)\d", columns[0]).group(1)
         return (f"{prefix}{separator}*",)

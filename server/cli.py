@@ -139,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     draft.add_argument("--out", type=Path, default=Path("dictionary.yaml"), help="a new file to write")
     draft.add_argument("--label", default=None, help="the outcome column (default: guessed by name)")
     draft.add_argument("--id", default=None, help="the record id column (default: guessed by name)")
+    draft.add_argument("--genes", type=Path, default=None,
+                       help="the panel's gene symbols, one per line: those columns form the group 'gene' "
+                            "(Ensembl gene ids are found without it)")
     check = cohort_commands.add_parser("check", help="check a cohort file against a data dictionary, "
                                        "as the node will")
     check.add_argument("file", type=Path, help="the cohort file (.csv or .parquet)")
@@ -413,7 +416,8 @@ def cohort_command(args: argparse.Namespace) -> int:
             return 0
         if args.out.exists():
             raise DictionaryError(f"{args.out} exists: review it, or name another file with --out")
-        dictionary = draft(read_table(args.file), label=args.label, id_column=args.id)
+        symbols = args.genes.read_text(encoding="utf-8").split() if args.genes else ()
+        dictionary = draft(read_table(args.file), label=args.label, id_column=args.id, gene_symbols=symbols)
         text = ("# Drafted by `cohortfl cohort init` from the columns of " + args.file.name + ": review it.\n"
                 "# Put label.classes in their order (ordinal: true if they are ordered), set label.reported\n"
                 "# (the class whose recall the board shows), name the groups, add units and descriptions.\n"

@@ -63,6 +63,20 @@ def test_a_draft_finds_id_label_groups_levels_and_missing_columns_and_holds_no_v
     assert DataDictionary.from_mapping(__import__("yaml").safe_load(text)) == drafted  # round trip
 
 
+def test_a_draft_puts_named_gene_symbols_and_ensembl_ids_in_the_genes_group():
+    frame = other_cohort()
+    with_symbols = {g.name: g for g in draft(frame, gene_symbols=["DMD", "SMN1", "SOD1", "TTN"]).groups}
+    assert with_symbols["gene"].columns == ("DMD", "SMN1", "SOD1") and with_symbols["gene"].role == "genes"
+    assert set(with_symbols["other"].columns) == {"age_years", "nfl_pg_ml"}
+    from synthetic.registry import generate_registry
+
+    registry = generate_registry(0, n_records=150, n_genes=300)
+    groups = {g.name: g for g in draft(registry).groups}
+    assert groups["gene"].columns == ("ENS*G*",) and groups["gene"].role == "genes"
+    schema = draft(registry).resolve(list(registry.columns))
+    assert len(schema.groups.gene_columns()) == 300 and schema.groups.genes == "gene"
+
+
 def test_a_reviewed_dictionary_resolves_another_shape_and_the_check_reports_it(tmp_path):
     frame = other_cohort().dropna()
     path = tmp_path / "registry.csv"
