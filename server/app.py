@@ -75,8 +75,8 @@ def host_submission(grid: Grid, submission: Submission, progress: Progress | Non
         A node refused a phase, or a round aggregated no reply; with the node's reason.
     """
     report = progress or (lambda phase, done, total: None)
-    grid = RefusalRecordingGrid(grid)
     node_ids = wait_for_nodes(grid, node_timeout)
+    grid = RefusalRecordingGrid(grid)
     strategy = build_strategy(submission.strategy, len(node_ids), submission.strategy_source)
     initial = initial_arrays(submission)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from server.errors import SubmissionFailed
@@ -23,6 +25,10 @@ POLL_FIRST, POLL_MAX = 0.02, 0.5
 #: The longest wait for a reply (a node stops a round at its policy's ``round_seconds_max``);
 #: the workspace's sandbox sets it through this environment variable.
 REPLY_TIMEOUT, REPLY_TIMEOUT_ENV = 300.0, "COHORTFL_REPLY_TIMEOUT"
+#: Error codes the SuperLink writes itself when the node or its message is gone: not a reply
+#: from any node.
+LINK_MADE = frozenset({ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE,
+                       ErrorCode.REPLY_MESSAGE_UNAVAILABLE})
 
 
 class RefusalRecordingGrid(Grid):
@@ -31,6 +37,7 @@ class RefusalRecordingGrid(Grid):
     def __init__(self, grid: Grid) -> None:
         self._grid = grid
         self.refusals: list[str] = []
+        self._no_node_since: float | None = None
 
     def set_run(self, run) -> None:  # run: Flower's Run
         """Set the run on the wrapped grid."""
@@ -46,8 +53,23 @@ class RefusalRecordingGrid(Grid):
         return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
-        """Node ids of the wrapped grid."""
-        return self._grid.get_node_ids()
+        """Node ids of the wrapped grid.
+
+        Raises
+        ------
+        SubmissionFailed
+            No node has been online for the reply timeout: Flower's strategies would wait for
+            one without end, and the run would only stop at the sandbox's wall clock.
+        """
+        nodes = list(self._grid.get_node_ids())
+        if nodes:
+            self._no_node_since = None
+            return nodes
+        now = time.monotonic()
+        self._no_node_since = self._no_node_since or now
+        if now - self._no_node_since >= reply_timeout():
+            raise SubmissionFailed(f"no node online for {reply_timeout():.0f} s")
+        return nodes
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push through the wrapped grid."""
@@ -64,32 +86,45 @@ class RefusalRecordingGrid(Grid):
         Flower's deployment grid sleeps a fixed 3 s between pulls; this one starts at
         ``POLL_FIRST`` s and doubles up to ``POLL_MAX``, so a fast node is not waited for.
         The wait is at most ``REPLY_TIMEOUT`` s (or ``$COHORTFL_REPLY_TIMEOUT``) whatever the
-        strategy asks.
+        strategy asks. A pull still going at the deadline is left behind: Flower retries the
+        objects of a reply whose upload a dying node never finished for up to two hours.
 
         Raises
         ------
         SubmissionFailed
-            No node replied at all in time: a node that died mid-round ends the run now,
-            with that reason, instead of every later round waiting in turn.
+            No node replied at all in time, or the SuperLink answered every message itself
+            because its node is gone (``LINK_MADE``): a node that died mid-round ends the run
+            now, with that reason, instead of every later round waiting in turn.
         """
         messages = list(messages)
         waiting = set(self._grid.push_messages(messages))
-        longest = float(os.environ.get(REPLY_TIMEOUT_ENV, REPLY_TIMEOUT))
-        timeout = longest if timeout is None else min(timeout, longest)
+        timeout = reply_timeout() if timeout is None else min(timeout, reply_timeout())
         deadline = time.monotonic() + timeout
         replies: list[Message] = []
         pause = POLL_FIRST
         while waiting and time.monotonic() < deadline:
-            pulled = list(self._grid.pull_messages(waiting))
+            pulled = self._pull_by(waiting, deadline)
+            if pulled is None:
+                break
             replies += pulled
             waiting -= {m.metadata.reply_to_message_id for m in pulled}
             if waiting:
                 time.sleep(pause)
                 pause = min(2 * pause, POLL_MAX)
-        if messages and not replies:
+        if messages and all(r.has_error() and r.error.code in LINK_MADE for r in replies):
             kind = messages[0].metadata.message_type
-            raise SubmissionFailed(f"no node replied to {kind} within {timeout:.0f} s")
+            why = f"(the SuperLink: {reason(replies[0])})" if replies else f"within {timeout:.0f} s"
+            raise SubmissionFailed(f"no node replied to {kind} {why}")
         return self._note(replies)
+
+    def _pull_by(self, message_ids: set[str], deadline: float) -> list[Message] | None:
+        """One pull of the wrapped grid, or None if it has not returned by ``deadline``."""
+        pulled: list[list[Message]] = []
+        pull = threading.Thread(target=lambda: pulled.append(list(self._grid.pull_messages(message_ids))),
+                                daemon=True, name="pull-replies")
+        pull.start()
+        pull.join(max(0.0, deadline - time.monotonic()))
+        return pulled[0] if pulled else None
 
     def __getattr__(self, name: str):  # noqa: ANN204
         """Anything else a Grid implementation offers, from the wrapped grid."""
@@ -100,6 +135,11 @@ class RefusalRecordingGrid(Grid):
         replies = list(replies)
         self.refusals += [reason(r) for r in replies if r.has_error()]
         return replies
+
+
+def reply_timeout() -> float:
+    """The longest wait for a node, in seconds."""
+    return float(os.environ.get(REPLY_TIMEOUT_ENV, REPLY_TIMEOUT))
 
 
 def reason(reply: Message) -> str:

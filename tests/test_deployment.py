@@ -463,17 +463,20 @@ def outbox_size(deployment) -> int:
 
 def test_a_node_killed_mid_round_ends_the_run_and_is_charged_once(deployment):
     killed_at = []
-    answer = submit_with_fault(deployment, "killed", "carol", "train",
-                               lambda: (deployment.kill_node(), killed_at.append(time.monotonic())),
-                               REPLY_SECONDS + 180)
-    assert not answer["ok"] and "no node replied" in answer["error"], answer
-    assert time.monotonic() - killed_at[0] < REPLY_SECONDS + 120
-    run_id = answer["submission_id"]
-    assert mlflow_run(deployment, run_id).info.status == "FAILED"
-    with sqlite3.connect(deployment.root / "node" / "state" / "ledger.sqlite") as db:
-        rounds = [r for (r,) in db.execute("SELECT server_round FROM rounds WHERE run_id = ?", (run_id,))]
-    assert rounds and len(rounds) == len(set(rounds)) and max(rounds) <= ROUNDS
-    deployment.start_node()  # the operator starts it again: the next submission is served
+    try:
+        answer = submit_with_fault(deployment, "killed", "carol", "train",
+                                   lambda: (deployment.kill_node(), killed_at.append(time.monotonic())),
+                                   REPLY_SECONDS + 180)
+        assert not answer["ok"] and "no node replied" in answer["error"], answer
+        assert time.monotonic() - killed_at[0] < REPLY_SECONDS + 120
+        run_id = answer["submission_id"]
+        assert mlflow_run(deployment, run_id).info.status == "FAILED"
+        with sqlite3.connect(deployment.root / "node" / "state" / "ledger.sqlite") as db:
+            rounds = [r for (r,) in db.execute("SELECT server_round FROM rounds WHERE run_id = ?", (run_id,))]
+        assert rounds and len(rounds) == len(set(rounds)) and max(rounds) <= ROUNDS
+    finally:  # the operator starts it again (also when the above failed, for the tests after)
+        if deployment.node.poll() is not None:
+            deployment.start_node()
     assert submit(deployment, package(deployment.root / "after-kill"), "carol")["ok"]
 
 

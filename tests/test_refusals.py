@@ -1,11 +1,14 @@
 """The ServerApp surfaces a node's refusal reasons from error replies."""
 
+import time
+
 import pytest
 from flwr.app import Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.errors import SubmissionFailed
-from server.refusals import RefusalRecordingGrid, reason
+from server.refusals import REPLY_TIMEOUT_ENV, RefusalRecordingGrid, reason
 
 
 @pytest.fixture(autouse=True)
@@ -33,11 +36,11 @@ class FakeGrid:
         return [7]
 
 
-def _error_reply(text: str) -> Message:
+def _error_reply(text: str, code: int = 0) -> Message:
     request = Message(RecordDict(), dst_node_id=7, message_type="train")
     wrapped = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException "
                f"ClientAppException occurred. Message: {text}'>")
-    return Message(Error(code=0, reason=wrapped), reply_to=request)
+    return Message(Error(code=code, reason=wrapped), reply_to=request)
 
 
 def test_reason_strips_flowers_wrapping():
@@ -64,3 +67,36 @@ def test_the_grid_pulls_until_every_reply_is_in_and_stops_at_the_timeout():
     request = Message(RecordDict(), dst_node_id=7, message_type="train")
     with pytest.raises(SubmissionFailed, match="no node replied to train within 0 s"):
         RefusalRecordingGrid(never).send_and_receive([request], timeout=0.1)
+
+
+def test_a_reply_the_superlink_wrote_for_a_dead_node_is_no_reply():
+    """A killed node's message comes back as the SuperLink's own NODE_UNAVAILABLE error; a run
+    that took it for a node's refusal went on to wait for nodes until the wall clock."""
+    gone = FakeGrid([_error_reply("node unavailable", ErrorCode.NODE_UNAVAILABLE)])
+    request = Message(RecordDict(), dst_node_id=7, message_type="train")
+    with pytest.raises(SubmissionFailed, match=r"no node replied to train \(the SuperLink: node unavailable"):
+        RefusalRecordingGrid(gone).send_and_receive([request], timeout=5)
+    refused = FakeGrid([_error_reply("refused by rule 'lr-range': x", ErrorCode.CLIENT_APP_RAISED_EXCEPTION)])
+    assert len(RefusalRecordingGrid(refused).send_and_receive([request], timeout=5)) == 1
+
+
+def test_no_node_online_for_the_reply_timeout_ends_the_run(monkeypatch):
+    monkeypatch.setenv(REPLY_TIMEOUT_ENV, "0.2")
+    empty = FakeGrid([])
+    empty.get_node_ids = lambda: []
+    grid = RefusalRecordingGrid(empty)
+    assert list(grid.get_node_ids()) == []  # a strategy may wait a while for a node
+    time.sleep(0.25)
+    with pytest.raises(SubmissionFailed, match="no node online for 0 s"):
+        grid.get_node_ids()
+
+
+def test_a_pull_that_hangs_on_a_half_uploaded_reply_ends_at_the_timeout():
+    """A node killed while uploading its reply leaves objects Flower retries for two hours."""
+    stuck = FakeGrid([])
+    stuck.pull_messages = lambda ids: time.sleep(60) or []
+    request = Message(RecordDict(), dst_node_id=7, message_type="train")
+    started = time.monotonic()
+    with pytest.raises(SubmissionFailed, match="no node replied to train within 0 s"):
+        RefusalRecordingGrid(stuck).send_and_receive([request], timeout=0.3)
+    assert time.monotonic() - started < 5
