@@ -15,7 +15,12 @@ Five tables, each written in its own transaction:
   (they never leave it) so that later runs can be compared with it record by record
   (a paired bootstrap);
 - ``outbox``: writes to the official record that its store could not take (it was
-  down when a run was scored), kept in order until the node delivers them.
+  down when a run was scored), kept in order until the node delivers them;
+- ``cohort_versions``: each version of the cohort file the node served (its digest, schema, a
+  hash of each holdout record and the training split's ids), numbered from 1 in the order first
+  served;
+- ``finals``: each closed run whose weights (initial and final) the node keeps, and the cohort
+  version its final score was on; ``rescores``: each re-scoring of a kept run on a later version.
 
 ``BEGIN IMMEDIATE`` takes SQLite's write lock before reading, so processes
 that check a limit and then write (two submissions at once) cannot both pass.
@@ -54,6 +59,15 @@ CREATE TABLE IF NOT EXISTS exports (
     message_type TEXT NOT NULL, keys TEXT NOT NULL, shapes TEXT NOT NULL, bytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS holdout_predictions (
     run_id TEXT PRIMARY KEY, holdout TEXT NOT NULL, predictions BLOB NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cohort_versions (
+    version INTEGER PRIMARY KEY AUTOINCREMENT, digest TEXT UNIQUE NOT NULL, schema TEXT NOT NULL,
+    n_train INTEGER NOT NULL, n_holdout INTEGER NOT NULL, holdout_rows TEXT NOT NULL,
+    train_ids TEXT NOT NULL, first_served REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS finals (
+    run_id TEXT PRIMARY KEY, contributor TEXT NOT NULL, version INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rescores (
+    run_id TEXT NOT NULL, version INTEGER NOT NULL, rescore_run_id TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (run_id, version));
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, tracking_uri TEXT NOT NULL,
     write TEXT NOT NULL, at REAL NOT NULL);
@@ -93,6 +107,15 @@ class Charge:
     rounds: int
     flops: int
     device_seconds: float
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A closed run whose weights the node keeps, and the cohort version of its final score."""
+
+    run_id: str
+    contributor: str
+    version: int
 
 
 class NodeLedger:
@@ -312,6 +335,76 @@ class NodeLedger:
         with closing(sqlite3.connect(self.path, timeout=60)) as db:
             rows = db.execute(query, (contributor,) if contributor else ()).fetchall()
         return [Charge(*row) for row in rows]
+
+    def cohort_version(self, digest: str, schema: str, train_ids: set[str], holdout_rows: set[str],
+                       min_change: int) -> int:
+        """The version number of the cohort file with ``digest``, numbering it if it is new.
+
+        ``holdout_rows`` hashes each holdout record (id, label and values). A new version's holdout
+        must equal each earlier version's or differ from it in at least ``min_change`` records:
+        the difference of one model's scores on two holdouts is a count over the records that
+        differ, and over fewer than ``min_change`` of them it is a fact about a few patients.
+
+        Raises
+        ------
+        PolicyViolation
+            ``cohort-version-change``, naming the version and the number of records.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT version FROM cohort_versions WHERE digest = ?", (digest,)).fetchone()
+            if row:
+                return int(row[0])
+            for version, rows in db.execute("SELECT version, holdout_rows FROM cohort_versions"):
+                differ = len(holdout_rows.symmetric_difference(json.loads(rows)))
+                if 0 < differ < min_change:
+                    raise PolicyViolation(
+                        "cohort-version-change",
+                        f"the holdout differs from cohort version {version}'s in {differ} record(s); "
+                        f"the node serves a new version only when none or at least {min_change} differ "
+                        "(policy eda_min_cell): a score's change between versions would otherwise be "
+                        "a fact about fewer patients")
+            cursor = db.execute("INSERT INTO cohort_versions (digest, schema, n_train, n_holdout, "
+                                "holdout_rows, train_ids, first_served) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (digest, schema, len(train_ids), len(holdout_rows),
+                                 json.dumps(sorted(holdout_rows)), json.dumps(sorted(train_ids)),
+                                 time.time()))
+            return int(cursor.lastrowid)
+
+    def training_ids(self, version: int) -> set[str]:
+        """The record ids of a cohort version's training split."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            row = db.execute("SELECT train_ids FROM cohort_versions WHERE version = ?", (version,)).fetchone()
+        return set(json.loads(row[0])) if row else set()
+
+    def keep_final(self, run_id: str, contributor: str, version: int) -> None:
+        """A closed run's weights are kept on the node; its final score was on ``version``."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO finals VALUES (?, ?, ?, ?)",
+                       (run_id, contributor, version, time.time()))
+
+    def finals(self) -> list[Kept]:
+        """Every closed run whose weights the node keeps, oldest first."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            return [Kept(*row) for row in db.execute(
+                "SELECT run_id, contributor, version FROM finals ORDER BY at")]
+
+    def claim_rescore(self, run_id: str, version: int, rescore_run_id: str) -> bool:
+        """Record that ``run_id`` is re-scored on ``version`` as ``rescore_run_id``; False (and
+        nothing written) when it already was."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM rescores WHERE run_id = ? AND version = ?",
+                          (run_id, version)).fetchone():
+                return False
+            db.execute("INSERT INTO rescores VALUES (?, ?, ?, ?)",
+                       (run_id, version, rescore_run_id, time.time()))
+            return True
+
+    def rescored(self, run_id: str, version: int) -> str | None:
+        """The run that re-scored ``run_id`` on ``version``, if any."""
+        with closing(sqlite3.connect(self.path, timeout=60)) as db:
+            row = db.execute("SELECT rescore_run_id FROM rescores WHERE run_id = ? AND version = ?",
+                             (run_id, version)).fetchone()
+        return row[0] if row else None
 
     def exports(self, contributor: str | None = None) -> list[Export]:
         """The export ledger, oldest first, for one contributor or all."""

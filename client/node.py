@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
 from client.cohort import load_cohort, split_cohort
-from client.errors import PolicyViolation, ReplyRefused
+from client.errors import NodeError, PolicyViolation, ReplyRefused
 from client.holdout import (
     HoldoutScores,
     bootstrap_intervals,
@@ -129,8 +129,16 @@ class ResidentCohort:
         #: Identifies this holdout: the same file, size and split seed give the same records.
         self.holdout_key = (f"{cohort.digest}:{settings.holdout_fraction or settings.holdout_size}:"
                             f"{settings.split_seed}")
+        self.n_records = len(cohort)
         self.train_frame = cohort.frame.iloc[split.train].reset_index(drop=True)
         self.holdout_frame = cohort.frame.iloc[split.holdout].reset_index(drop=True)
+        ids = cohort.ids or tuple(map(str, range(len(cohort))))
+        self.holdout_ids = tuple(ids[i] for i in split.holdout)
+        self.train_ids = frozenset(ids[i] for i in split.train)
+        #: One hash per holdout record (its id, label and values): how two versions' holdouts differ.
+        self.holdout_rows = {f"{record}\t{label}\t{value:016x}" for record, label, value in zip(
+            self.holdout_ids, cohort.labels[split.holdout],
+            pd.util.hash_pandas_object(self.holdout_frame, index=False).to_numpy(), strict=True)}
         self.y_train = torch.from_numpy(cohort.labels[split.train]).to(self.device)
         self.y_holdout = torch.from_numpy(cohort.labels[split.holdout]).to(self.device)
         self._views: dict[str, FeatureView] = {}
@@ -187,6 +195,10 @@ class Node:
         self.meter = FlopMeter(settings.flop_store_path)
         self.ledger = NodeLedger(settings.ledger_path)
         self.secret = node_secret(Path(settings.state_dir) / "secret")
+        #: This cohort file's version on this node (1, 2, ... in the order first served).
+        self.cohort_version = self.ledger.cohort_version(
+            self.cohort.digest, self.cohort.schema.fingerprint, set(self.cohort.train_ids),
+            self.cohort.holdout_rows, settings.policy.eda_min_cell)
 
     @classmethod
     def for_settings(cls, settings: NodeSettings) -> Node:
@@ -290,10 +302,12 @@ class Node:
         model, _, view = self._load(content, run, {"arrays"})
         usage = self.ledger.open_submission(run.contributor, run.submission_id,
                                             self.settings.policy.submissions_max)
+        self.keep_weights(run, "initial", model)
         record.write_out_of_the_box(
-            self._score(self._predict_holdout(model, view), run.submission_id),
+            self.score(self.predict_holdout(model, view), run.submission_id),
             usage=self._usage_metrics(run, usage.submissions, usage.flops),
             params={"cohort_digest": self.cohort.digest, "cohort_schema": self.cohort.schema.fingerprint,
+                    "cohort_version": str(self.cohort_version),
                     "n_train": str(len(self.cohort.y_train)),
                     "n_holdout": str(len(self.cohort.y_holdout)),
                     "node_device": self.cohort.device.type,
@@ -318,11 +332,13 @@ class Node:
                                 must_reach=False)
         model, _, view = self._load(content, run, {"arrays"})
         self.ledger.advance(run.submission_id, (TRAINING,), CLOSED, "final holdout")
+        self.keep_weights(run, "final", model)
+        self.ledger.keep_final(run.submission_id, run.contributor, self.cohort_version)
         rounds = self.ledger.rounds(run.submission_id)
         usage = self.ledger.usage(run.contributor)
-        predictions = self._predict_holdout(model, view)
+        predictions = self.predict_holdout(model, view)
         record.write_final(
-            self._score(predictions, run.submission_id),
+            self.score(predictions, run.submission_id),
             rounds_trained=sum(loss is not None for _, loss, _, _ in rounds),
             # under DP-SGD the exact training loss is an un-noised answer about the training
             # records: it stays in the node's ledger
@@ -333,7 +349,7 @@ class Node:
         try:  # the score is recorded; what follows explains it, and must not fail the run
             comparisons = OfficialRecord(self.settings.tracking_uri, run.comparisons_run_id, self.ledger,
                                          must_reach=False) if run.comparisons_run_id else record
-            comparisons.write_comparisons(self._compare(predictions, run.submission_id))
+            comparisons.write_comparisons(self.compare(predictions, run.submission_id))
             groups = self._importance_groups(run)
             importances = self._importance(model, view, groups, run.submission_id)
             if not self.settings.policy.importance_per_feature:  # per feature: the foundation's only
@@ -344,6 +360,38 @@ class Node:
             log.exception("comparisons or importance of a closed run could not be recorded")
         record.write_complete()
         return self._acknowledge()
+
+    def weights_dir(self, submission_id: str) -> Path:
+        """Where the node keeps a run's weights and declaration (its state directory only)."""
+        return Path(self.settings.state_dir) / "weights" / hashlib.sha256(submission_id.encode()).hexdigest()[:32]
+
+    def keep_weights(self, run: Submission, moment: str, model: nn.Module) -> None:
+        """Keep a run's weights as scored at ``moment`` (initial, final) and its declaration, so that
+        ``cohortfl rescore`` can score them again on a later version of the cohort."""
+        folder = self.weights_dir(run.submission_id)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        np.savez(folder / f"{moment}.npz", **{k: v.detach().cpu().numpy() for k, v in
+                                               model.state_dict().items()})
+        (folder / "run.json").write_text(json.dumps(run.to_run_config()))
+
+    def kept_model(self, submission_id: str, moment: str) -> tuple[Submission, nn.Module, FeatureView]:
+        """A kept run's declaration and its model at ``moment``, built for this cohort.
+
+        Raises
+        ------
+        PolicyViolation
+            ``cohort-schema`` when this cohort's schema is not the one the run was built for.
+        NodeError
+            The node kept no such weights.
+        """
+        folder = self.weights_dir(submission_id)
+        if not (folder / f"{moment}.npz").is_file():
+            raise NodeError(f"the node kept no {moment} weights of run {submission_id}")
+        run = Submission.from_run_config(json.loads((folder / "run.json").read_text()))
+        model, _, view = self.build(run)
+        with np.load(folder / f"{moment}.npz", allow_pickle=False) as kept:
+            model.load_state_dict({k: torch.from_numpy(kept[k]).to(self.cohort.device) for k in kept.files})
+        return run, model, view
 
     def deliver_queued(self) -> int:
         """Write what the official record's store could not take before; how many writes went."""
@@ -376,11 +424,11 @@ class Node:
                 f"{privacy.max_grad_norm:g}, delta {privacy.delta:g}, "
                 f"epsilon budget {privacy.epsilon_budget:g}")
 
-    def _predict_holdout(self, model: nn.Module, view: FeatureView) -> np.ndarray:
+    def predict_holdout(self, model: nn.Module, view: FeatureView) -> np.ndarray:
         """Class indices the model predicts for the holdout records; they never leave the node."""
         return predict(model, view.x_holdout).cpu().numpy()
 
-    def _score(self, y_pred: np.ndarray, submission_id: str) -> HoldoutScores:
+    def score(self, y_pred: np.ndarray, submission_id: str) -> HoldoutScores:
         """Holdout metrics of predictions, with 95% bootstrap intervals."""
         y_true = self.cohort.y_holdout.cpu().numpy()
         intervals = bootstrap_intervals(y_true, y_pred, self.cohort.classes,
@@ -421,7 +469,7 @@ class Node:
         schema = self.cohort.schema
         return column_groups(list(schema.feature_columns), gene_sets, groups=schema.groups)
 
-    def _compare(self, predictions: np.ndarray, submission_id: str) -> dict[str, PairedDifference]:
+    def compare(self, predictions: np.ndarray, submission_id: str) -> dict[str, PairedDifference]:
         """Keep this run's holdout predictions on the node; compare them, record by record,
         with every earlier run's on the same holdout (paired bootstrap of macro-F1)."""
         y_true = self.cohort.y_holdout.cpu().numpy()

@@ -122,6 +122,8 @@ class Tag(StrEnum):
     REPORTED_CLASS = "cohortfl.reported_class"
     #: The one run of an experiment that holds the cohort's EDA (not a submission).
     COHORT_EDA = "cohortfl.cohort_eda"
+    #: A run that scores another run's kept weights on a later cohort version: the other's run id.
+    RESCORE_OF = "cohortfl.rescore_of"
 
 
 #: Prefix of a paired comparison with another run: ``cohortfl.paired.<run id>``.

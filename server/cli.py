@@ -18,6 +18,8 @@
                                              the cohort's EDA, small cells suppressed
     cohortfl schema [--dictionary D --cohort FILE] [--json]
                                              the published cohort schema contributors build for
+    cohortfl rescore [--config node.yaml] [--run ID ...] [HYDRA_OVERRIDE ...]
+                                             past runs' kept weights, scored on the cohort's new version
     cohortfl loopback --dir D                workspace + node on this machine, on loopback
     cohortfl leaderboard [--tracking-uri URI] [--experiment NAME]
     cohortfl exports [--contributor NAME]    the node's export ledger
@@ -174,6 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     eda.add_argument("--out", type=Path, default=Path("cohort_eda.html"))
     eda.add_argument("--tracking-uri", default=None, help="also log the published EDA to this MLflow")
     eda.add_argument("--experiment", default="cohortfl", help="the experiment it goes to")
+    rescore = commands.add_parser("rescore", help="the foundation: score past runs' kept weights on the "
+                                  "cohort's new version (a new run each, cohort version on the board)")
+    rescore.add_argument("--config", type=Path, default=None,
+                         help="the deployed node's own YAML file (default: the local node of the conf)")
+    rescore.add_argument("--run", action="append", default=[], help="only this run id (repeatable)")
+    rescore.add_argument("overrides", nargs="*", help="Hydra overrides of the local node, e.g. "
+                         "cohort=file cohort.path=grown.parquet")
     loopback = commands.add_parser("loopback", help="workspace + node on loopback, for development")
     loopback.add_argument("--dir", type=Path, default=Path("cohortfl-loopback"))
     args, extra = parser.parse_known_args(argv)  # Hydra overrides may follow options
@@ -197,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cohort_command(args)
     if args.command == "eda":
         return eda_command(args)
+    if args.command == "rescore":
+        return rescore_command(args.config, args.run, args.overrides)
     if args.command == "schema":
         return print_schema(args.dictionary, args.cohort, args.holdout_size, args.json)
     if args.command in ("node", "workspace", "credential", "loopback"):
@@ -605,6 +616,32 @@ def eda_command(args: argparse.Namespace) -> int:
         experiment = found.experiment_id if found else client.create_experiment(args.experiment)
         print(f"logged to {args.tracking_uri}, experiment {args.experiment}: run "
               f"{log_eda(client, experiment, report, title)}")
+    return 0
+
+
+def rescore_command(config: Path | None, run_ids: list[str], overrides: list[str]) -> int:
+    """``cohortfl rescore``: the node's kept runs scored on the cohort it serves now."""
+    from client.errors import NodeError
+    from client.node import Node
+    from client.rescore import rescore
+    from server.config import compose_config, node_settings
+
+    try:
+        if config is not None:
+            from client.service import NodeService
+
+            service = NodeService.from_file(config)
+            os.environ.update(service.tracking_environment())
+            settings = service.settings
+        else:
+            settings = node_settings(compose_config(overrides))
+        results = rescore(Node(settings), run_ids)
+    except NodeError as ex:  # the cohort's validation and the node's rules included
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    done = [r for r in results if not r.skipped]
+    print(f"{len(done)} run(s) rescored, {len(results) - len(done)} skipped; the board shows each "
+          "score's cohort version: cohortfl leaderboard")
     return 0
 
 

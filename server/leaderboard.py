@@ -48,6 +48,10 @@ class Row:
     paired: dict[str, PairedDifference]
     top_group: str
     reported_class: str = REPORTED_CLASS
+    #: The node's number of the cohort file the scores are on ("-" in records made before versions).
+    cohort_version: str = "-"
+    #: The run this one scores again on a later cohort version (``cohortfl rescore``), if any.
+    rescore_of: str = ""
 
     def versus(self, other: Row) -> PairedDifference | None:
         """The node's paired bootstrap of this run's macro-F1 minus ``other``'s on the same
@@ -65,7 +69,8 @@ class Row:
 
 
 def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = None) -> list[Row]:
-    """Finished submissions of ``experiment``, best fine-tuned macro-F1 first.
+    """Finished submissions of ``experiment``, newest cohort version first, and on each version
+    best fine-tuned macro-F1 first (scores on two versions are on two holdouts).
 
     Raises
     ------
@@ -74,7 +79,8 @@ def read_leaderboard(tracking_uri: str, experiment: str, batch: str | None = Non
     """
     runs = _search(tracking_uri, experiment, batch, "attributes.status = 'FINISHED'",
                    f"metrics.{LEADERBOARD_METRIC} DESC")
-    return [_row(run) for run in runs]
+    rows = [_row(run) for run in runs]
+    return sorted(rows, key=lambda r: -int(r.cohort_version) if r.cohort_version.isdigit() else 0)
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,8 @@ def _row(run) -> Row:  # run: mlflow.entities.Run
         paired={key.removeprefix(PAIRED_TAG_PREFIX): PairedDifference.from_text(text)
                 for key, text in tags.items() if key.startswith(PAIRED_TAG_PREFIX)},
         top_group=tags.get(Tag.TOP_GROUP, "-"),
+        cohort_version=run.data.params.get("cohort_version", "-"),
+        rescore_of=tags.get(Tag.RESCORE_OF, ""),
     )
 
 
@@ -179,6 +187,11 @@ def _privacy(row: Row) -> str:
     if row.privacy.startswith("DP-SGD") and not math.isnan(row.epsilon):
         return f"{row.epsilon:.2f}"
     return "DP OFF" if row.privacy.startswith("OFF") else "?"
+
+
+def _version(row: Row) -> str:
+    """``v2``, or ``v2*`` for a rescored run."""
+    return "-" if row.cohort_version == "-" else f"v{row.cohort_version}{'*' if row.rescore_of else ''}"
 
 
 def versus_next(rows: list[Row], i: int) -> str:
@@ -197,14 +210,15 @@ def recall_header(rows: list[Row]) -> str:
 
 
 #: The board's columns, most needed first: a narrow terminal drops them from the end of this list.
-_PRIORITY = ("contributor", "after fine-tuning", "gain", "vs next (paired)", "strategy",
+_PRIORITY = ("contributor", "after fine-tuning", "cohort", "gain", "vs next (paired)", "strategy",
              "out of the box", "reported recall", "model", "budget used (PF)", "privacy (epsilon)",
              "submits", "top feature group", "compute (PF)", "sent (kB)")
 _NOTE = ("[low, high]: 95% bootstrap intervals over the holdout's records, computed on the node. vs next: "
          "the node's paired bootstrap of the macro-F1 difference with the row below on the same records; "
          "'noise' when its interval holds 0. top feature group: largest permutation importance. privacy: "
          "the contributor's epsilon spent under DP-SGD (delta in the run's params); DP OFF: the node "
-         "trained without differential privacy.")
+         "trained without differential privacy. cohort: the version of the cohort the scores are on (vN*: "
+         "weights of an earlier version's run, rescored on it).")
 
 
 def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
@@ -219,10 +233,10 @@ def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
 
     width = width or shutil.get_terminal_size((160, 24)).columns
     recall = recall_header(rows)
-    header = ("contributor", "strategy", "model", "out of the box", "after fine-tuning",
+    header = ("contributor", "strategy", "model", "cohort", "out of the box", "after fine-tuning",
               "gain", recall, "vs next (paired)", "top feature group",
               "compute (PF)", "budget used (PF)", "submits", "sent (kB)", "privacy (epsilon)")
-    lines = [(r.contributor, r.strategy, r.model, _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
+    lines = [(r.contributor, r.strategy, r.model, _version(r), _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
               _with_interval(r.fine_tuned, r.fine_tuned_ci95), f"{r.gain:+.3f}",
               _with_interval(r.reported_recall, r.reported_recall_ci95), versus_next(rows, i), r.top_group,
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
@@ -320,7 +334,8 @@ def as_records(rows: list[Row]) -> list[dict[str, object]]:
     records = []
     for row in rows:
         record: dict[str, object] = {"contributor": row.contributor, "strategy": row.strategy,
-                                     "model": row.model, "run_id": row.run_id}
+                                     "model": row.model, "run_id": row.run_id,
+                                     "cohort_version": row.cohort_version, "rescore_of": row.rescore_of}
         for name, (value, (low, high)) in (
                 ("out_of_the_box_macro_f1", (row.out_of_the_box, row.out_of_the_box_ci95)),
                 ("fine_tuned_macro_f1", (row.fine_tuned, row.fine_tuned_ci95)),
