@@ -8,7 +8,8 @@ cell of that row is suppressed too. No quantile, minimum or maximum is reported:
 record's value. Sections: class balance, categorical levels by class, numeric groups by class
 (per-column means and standard deviations for small groups, the group's mean standardised value
 for every group), the correlation structure of each group (variance of its first principal
-components, mean absolute correlation), and missing cells by class.
+components, mean absolute correlation), and missing cells by class. Figures
+(``client/eda_figures.py``) are drawn from the tables' published text only.
 """
 
 from __future__ import annotations
@@ -80,9 +81,13 @@ def cohort_eda(frame: pd.DataFrame, labels: np.ndarray, schema: CohortSchema, k:
     members = [labels == i for i in range(len(classes))]
     sizes = [int(m.sum()) for m in members]
     report = Report(k, len(frame))
-    shares = [f"{n / len(frame):.2f}" if n >= k else "-" for n in sizes]
+    balance = suppressed_counts(sizes, k, True)
+    # a class whose size is suppressed keeps it hidden everywhere: no share, and no level counts
+    # (they would add up to it)
+    hidden = [cell.startswith("<") for cell in balance]
+    shares = ["-" if h else f"{n / len(frame):.2f}" for n, h in zip(sizes, hidden, strict=True)]
     report.tables.append(Table("Class balance (training split)", ("class", "records", "share"),
-                               list(zip(classes, suppressed_counts(sizes, k, True), shares, strict=True)),
+                               list(zip(classes, balance, shares, strict=True)),
                                "The holdout keeps the same proportions; it is scored on the node only."))
     rows = []
     for column, levels in schema.categorical.items():
@@ -93,10 +98,12 @@ def cohort_eda(frame: pd.DataFrame, labels: np.ndarray, schema: CohortSchema, k:
         if not any(counts[-1]):
             names, counts = names[:-1], counts[:-1]
         # within a class the levels add up to its published size: suppress down each class's column
-        by_class = [suppressed_counts([row[j] for row in counts], k, True) for j in range(len(classes))]
+        by_class = [["-"] * len(names) if hidden[j] else suppressed_counts([row[j] for row in counts], k, True)
+                    for j in range(len(classes))]
         rows += [(column, name, *(by_class[j][i] for j in range(len(classes))))
                  for i, name in enumerate(names)]
-    report.tables.append(Table("Categorical levels by class", ("column", "level", *classes), rows))
+    report.tables.append(Table("Categorical levels by class", ("column", "level", *classes), rows,
+                               "'-': a class whose size is suppressed (its levels would add up to it)."))
     _numeric(report, frame, members, classes, sizes, schema, k)
     _correlations(report, frame, schema)
     missing = [c for c in schema.may_be_missing if c in frame.columns]
@@ -174,8 +181,12 @@ def to_html(report: Report, title: str) -> str:
              + (f"Counts under {report.k} records are shown as &lt;{report.k}; statistics of fewer "
                 f"records are withheld." if report.k > 1 else "The foundation's own version: nothing "
                 "suppressed; not for contributors.") + "</p>"]
+    from client.eda_figures import figures
+
+    drawn = figures(report)
     for table in report.tables:
-        parts.append(f"<h2>{html.escape(table.title)}</h2><table><thead><tr>"
+        figure = f"<figure>{drawn[table.title]}</figure>" if table.title in drawn else ""
+        parts.append(f"<h2>{html.escape(table.title)}</h2>{figure}<table><thead><tr>"
                      + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + "</tr></thead><tbody>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows]
         parts.append("</tbody></table>")
@@ -209,7 +220,8 @@ def eda_of_file(path, dictionary, k: int, holdout_size: int = 128, split_seed: i
 
 def log_eda(client, experiment_id: str, report: Report, title: str) -> str:
     """Put the report in ``experiment_id`` as its one run tagged ``EDA_TAG`` (the previous one
-    deleted), as ``cohort_eda.html`` and ``cohort_eda.json``; returns the run's id.
+    deleted), as ``cohort_eda.html``, ``cohort_eda.json`` and its figures (``figures/*.svg``);
+    returns the run's id.
     ``client``: an MlflowClient."""
     for old in client.search_runs([experiment_id], f"tags.`{EDA_TAG}` = 'true'"):
         client.delete_run(old.info.run_id)
@@ -218,5 +230,9 @@ def log_eda(client, experiment_id: str, report: Report, title: str) -> str:
                                                 f"`{EDA_FILE}` under Artifacts."})
     client.log_text(run.info.run_id, to_html(report, title), EDA_FILE)
     client.log_dict(run.info.run_id, report.to_dict(), EDA_JSON)
+    from client.eda_figures import figures, standalone
+
+    for i, svg in enumerate(figures(report).values(), 1):
+        client.log_text(run.info.run_id, standalone(svg), f"figures/figure_{i}.svg")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id

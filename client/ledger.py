@@ -388,16 +388,26 @@ class NodeLedger:
             return [Kept(*row) for row in db.execute(
                 "SELECT run_id, contributor, version FROM finals ORDER BY at")]
 
-    def claim_rescore(self, run_id: str, version: int, rescore_run_id: str) -> bool:
-        """Record that ``run_id`` is re-scored on ``version`` as ``rescore_run_id``; False (and
-        nothing written) when it already was."""
+    def claim_rescore(self, run_id: str, version: int) -> bool:
+        """Claim the re-scoring of ``run_id`` on ``version``; False (nothing written) when another
+        has it. ``rescored_as`` names its run once made; ``release_rescore`` drops a failed claim."""
         with self._write() as db:
             if db.execute("SELECT 1 FROM rescores WHERE run_id = ? AND version = ?",
                           (run_id, version)).fetchone():
                 return False
-            db.execute("INSERT INTO rescores VALUES (?, ?, ?, ?)",
-                       (run_id, version, rescore_run_id, time.time()))
+            db.execute("INSERT INTO rescores VALUES (?, ?, '', ?)", (run_id, version, time.time()))
             return True
+
+    def rescored_as(self, run_id: str, version: int, rescore_run_id: str) -> None:
+        """The claimed re-scoring's run."""
+        with self._write() as db:
+            db.execute("UPDATE rescores SET rescore_run_id = ? WHERE run_id = ? AND version = ?",
+                       (rescore_run_id, run_id, version))
+
+    def release_rescore(self, run_id: str, version: int) -> None:
+        """Drop a claim whose re-scoring failed, so that it can be tried again."""
+        with self._write() as db:
+            db.execute("DELETE FROM rescores WHERE run_id = ? AND version = ?", (run_id, version))
 
     def rescored(self, run_id: str, version: int) -> str | None:
         """The run that re-scored ``run_id`` on ``version``, if any."""

@@ -363,7 +363,8 @@ class Node:
 
     def weights_dir(self, submission_id: str) -> Path:
         """Where the node keeps a run's weights and declaration (its state directory only)."""
-        return Path(self.settings.state_dir) / "weights" / hashlib.sha256(submission_id.encode()).hexdigest()[:32]
+        name = hashlib.sha256(submission_id.encode()).hexdigest()[:32]  # never a path from a run
+        return Path(self.settings.state_dir) / "weights" / name
 
     def keep_weights(self, run: Submission, moment: str, model: nn.Module) -> None:
         """Keep a run's weights as scored at ``moment`` (initial, final) and its declaration, so that

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from client.errors import NodeError
 from client.node import Node
 from client.record import OfficialRecord
-from contract.names import GAIN_METRIC, Moment, Tag, UsageMetric, holdout_metric
+from contract.names import GAIN_METRIC, Tag, UsageMetric
 
 log = logging.getLogger("cohortfl.node")
 
@@ -85,28 +85,39 @@ def _rescore_one(node: Node, run_id: str, contributor: str, version_of_run: int,
     NodeError
         A record of this holdout was in the training split of the run's version.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from mlflow.tracking import MlflowClient
-
     trained_on = node.ledger.training_ids(version_of_run) & set(node.cohort.holdout_ids)
     if trained_on:
         raise NodeError(f"{len(trained_on)} of this holdout's records were in the training split the run "
                         f"trained on (cohort version {version_of_run}): its score would count records it "
                         "learned; a holdout by fraction (holdout-fraction) keeps each record's side")
+    if not node.ledger.claim_rescore(run_id, version):
+        return Rescored(run_id, contributor, node.ledger.rescored(run_id, version) or "",
+                        skipped="being rescored by another process")
+    try:
+        new_id, score = _write_rescore(node, run_id, version)
+    except BaseException:
+        node.ledger.release_rescore(run_id, version)
+        raise
+    node.ledger.rescored_as(run_id, version, new_id)
+    log.info("rescored %s on cohort version %d as %s: macro-F1 %.3f", run_id, version, new_id, score)
+    return Rescored(run_id, contributor, new_id, score)
+
+
+def _write_rescore(node: Node, run_id: str, version: int) -> tuple[str, float]:
+    """Score the run's kept weights on this holdout and write them as a new, finished run of the
+    original's experiment; its id and fine-tuned macro-F1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from mlflow.tracking import MlflowClient
+
     client = MlflowClient(node.settings.tracking_uri)
     original = client.get_run(run_id)
-    submission, initial, view = node.kept_model(run_id, "initial")
+    _, initial, view = node.kept_model(run_id, "initial")
     _, final, _ = node.kept_model(run_id, "final")
     tags = {k: v for k, v in original.data.tags.items()
             if k in (Tag.CONTRIBUTOR, Tag.BATCH, Tag.REPORTED_CLASS)}
-    created = client.create_run(original.info.experiment_id, tags={**tags, Tag.RESCORE_OF: run_id},
-                                run_name=f"{original.info.run_name}@v{version}")
-    new_id = created.info.run_id
-    if not node.ledger.claim_rescore(run_id, version, new_id):  # another rescore got there first
-        client.delete_run(new_id)
-        return Rescored(run_id, contributor, node.ledger.rescored(run_id, version) or "",
-                        skipped="rescored at the same time by another process")
+    new_id = client.create_run(original.info.experiment_id, tags={**tags, Tag.RESCORE_OF: run_id},
+                               run_name=f"{original.info.run_name}@v{version}").info.run_id
     record = OfficialRecord(node.settings.tracking_uri, new_id)
     carried = {k: v for k, v in original.data.metrics.items() if k in _CARRIED_METRICS}
     params = {**original.data.params, "cohort_digest": node.cohort.digest,
@@ -125,6 +136,4 @@ def _rescore_one(node: Node, run_id: str, contributor: str, version_of_run: int,
     record.apply({"metrics": {GAIN_METRIC: round(after.macro_f1 - before.macro_f1, 6)}})
     record.write_complete()
     client.set_terminated(new_id, "FINISHED")
-    log.info("rescored %s on cohort version %d as %s: %s %.3f", run_id, version, new_id,
-             holdout_metric(Moment.FINE_TUNED, "macro_f1"), after.macro_f1)
-    return Rescored(run_id, contributor, new_id, after.macro_f1)
+    return new_id, after.macro_f1

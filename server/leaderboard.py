@@ -236,17 +236,21 @@ def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
     header = ("contributor", "strategy", "model", "cohort", "out of the box", "after fine-tuning",
               "gain", recall, "vs next (paired)", "top feature group",
               "compute (PF)", "budget used (PF)", "submits", "sent (kB)", "privacy (epsilon)")
-    lines = [(r.contributor, r.strategy, r.model, _version(r), _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
+    lines = [(r.contributor, r.strategy, r.model, _version(r),
+              _with_interval(r.out_of_the_box, r.out_of_the_box_ci95),
               _with_interval(r.fine_tuned, r.fine_tuned_ci95), f"{r.gain:+.3f}",
               _with_interval(r.reported_recall, r.reported_recall_ci95), versus_next(rows, i), r.top_group,
               f"{r.compute_pf:.3g}", f"{r.budget_used_pf:.3g} / {r.budget_pf:g}",
               f"{r.submissions_used:.0f}/{r.submissions_limit:.0f}",
               f"{r.exported_bytes / 1000:.1f}", _privacy(r)) for i, r in enumerate(rows)]
     natural = {name: max(len(row[i]) for row in [header, *lines]) + 3 for i, name in enumerate(header)}
+    # the cohort's version only where the board holds more than one (or a rescored run)
+    unused = set() if len({r.cohort_version for r in rows}) > 1 or any(r.rescore_of for r in rows) \
+        else {"cohort"}
     kept, used = set(), 0
     for name in (recall if name == "reported recall" else name for name in _PRIORITY):
         # each column whole, most needed first, while the width lasts
-        if used + natural[name] <= width or not kept:
+        if name not in unused and (used + natural[name] <= width or not kept):
             kept.add(name)
             used += natural[name]
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
@@ -260,7 +264,7 @@ def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
                       highlight=False, emoji=False, markup=False)
     console.print(table if lines else "(no finished submissions)")
     console.print(_NOTE, width=min(width, 110), soft_wrap=False)
-    hidden = [name for name in header if name not in kept]
+    hidden = [name for name in header if name not in kept | unused]
     if hidden:
         console.print(f"Left out at {width} columns: {', '.join(hidden)} (a wider terminal, or "
                       "--format csv, shows every column).", width=min(width, 110))

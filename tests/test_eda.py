@@ -106,7 +106,9 @@ def test_the_published_eda_reads_in_a_browser_and_is_logged_as_one_run(tmp_path,
         assert done.returncode == 0, done.stderr
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("board").experiment_id
-    assert len(client.search_runs([experiment], f"tags.`{Tag.COHORT_EDA}` = 'true'")) == 1
+    [eda] = client.search_runs([experiment], f"tags.`{Tag.COHORT_EDA}` = 'true'")
+    assert [a.path for a in client.list_artifacts(eda.info.run_id, "figures")] == [
+        "figures/figure_1.svg", "figures/figure_2.svg"]
     assert read_leaderboard(uri, "board") == []
     from playwright.sync_api import sync_playwright
 
@@ -117,6 +119,10 @@ def test_the_published_eda_reads_in_a_browser_and_is_logged_as_one_run(tmp_path,
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             page.goto(page_file.as_uri())
             assert page.locator("table").count() == 6
+            figures = page.locator("figure svg")
+            assert figures.count() >= 2  # class balance and the numeric groups (the demo misses nothing)
+            assert all(box["height"] > 50 for box in (figures.nth(i).bounding_box()
+                                                       for i in range(figures.count())))
             headings = page.locator("h2").all_inner_texts()
             assert headings[0].startswith("Class balance") and headings[-1].startswith("Missing cells")
             cells = page.locator("td").all_inner_texts()
@@ -124,3 +130,48 @@ def test_the_published_eda_reads_in_a_browser_and_is_logged_as_one_run(tmp_path,
             page.screenshot(path=str(ARTIFACTS / "cohort-eda.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_a_suppressed_class_size_comes_back_neither_from_its_share_nor_from_its_levels():
+    """The attacker adds up a suppressed class's categorical levels (they partition the class) or
+    multiplies its share by the published total; with both, the rare class is the rest."""
+    frame, labels = _cohort(n_fast=4)
+    report = cohort_eda(frame, labels, SCHEMA, k=10)
+    balance = _table(report, "Class balance").rows
+    assert [row[1] for row in balance] == ["60", "<10", "<10"]  # Medium (40) hides with Fast (4)
+
+    def attacker(report) -> int | None:
+        medium = None
+        share = balance_rows(report)[1][2]
+        if share != "-":
+            medium = round(float(share) * report.n_records)
+        sex = [r[3] for r in _table(report, "Categorical levels by class").rows if r[0] == "sex"]
+        if all(c.isdigit() for c in sex):
+            medium = sum(map(int, sex))
+        return None if medium is None else report.n_records - 60 - medium
+
+    def balance_rows(report):
+        return _table(report, "Class balance").rows
+
+    assert attacker(report) is None
+    # the control: the foundation's own version (nothing suppressed) gives the rare class away
+    assert attacker(cohort_eda(frame, labels, SCHEMA, k=1)) == 4
+
+
+def test_figures_draw_only_what_their_tables_publish():
+    """A bar's height is a count: a suppressed cell is an outlined box of one fixed height, so no
+    ratio of heights gives the hidden count back."""
+    import re
+
+    from client.eda_figures import BAR_HEIGHT, figures
+
+    frame, labels = _cohort(n_fast=4)
+    svg = figures(cohort_eda(frame, labels, SCHEMA, k=10))
+    balance = next(v for t, v in svg.items() if t.startswith("Class balance"))
+    heights = [float(h) for h in re.findall(r"<rect [^>]*height='([\d.]+)'", balance)]
+    assert len(heights) == 3 and heights[0] == BAR_HEIGHT  # Slow, 60: the full bar
+    hidden = [h * 60 / BAR_HEIGHT for h in heights[1:]]
+    assert all(round(h) not in (4, 40) for h in hidden)  # neither Fast's 4 nor Medium's 40
+    assert balance.count("data-suppressed") == 2
+    numeric = next(v for t, v in svg.items() if t.startswith("Numeric groups"))
+    assert "Fast:" not in numeric  # a class under k: its statistics are withheld in the figure too

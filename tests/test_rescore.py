@@ -11,7 +11,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
@@ -42,8 +41,9 @@ def grown(tmp_path) -> tuple[NodeSettings, dict[str, Path], str]:
     full.to_parquet(files["v2"])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(uri).create_experiment("grow", artifact_location=str(tmp_path / "artifacts"))
-    settings = NodeSettings(data_path=str(files["v1"]), tracking_uri=uri, state_dir=str(tmp_path / "node-state"),
-                            device="cpu", holdout_fraction=FRACTION, policy=NodePolicy(dp_enabled=False))
+    settings = NodeSettings(data_path=str(files["v1"]), tracking_uri=uri, device="cpu",
+                            state_dir=str(tmp_path / "node-state"), holdout_fraction=FRACTION,
+                            policy=NodePolicy(dp_enabled=False))
     return settings, files, _finished_run(Node(settings), "alice")
 
 
