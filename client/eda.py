@@ -98,8 +98,8 @@ def cohort_eda(frame: pd.DataFrame, labels: np.ndarray, schema: CohortSchema, k:
         if not any(counts[-1]):
             names, counts = names[:-1], counts[:-1]
         # within a class the levels add up to its published size: suppress down each class's column
-        by_class = [["-"] * len(names) if hidden[j] else suppressed_counts([row[j] for row in counts], k, True)
-                    for j in range(len(classes))]
+        by_class = [["-"] * len(names) if hidden[j] else
+                    suppressed_counts([row[j] for row in counts], k, True) for j in range(len(classes))]
         rows += [(column, name, *(by_class[j][i] for j in range(len(classes))))
                  for i, name in enumerate(names)]
     report.tables.append(Table("Categorical levels by class", ("column", "level", *classes), rows,

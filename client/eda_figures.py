@@ -41,7 +41,8 @@ def _draw(table: Table) -> str | None:
         return _grouped_bars([row[0] for row in table.rows], classes,
                              [list(row[1:]) for row in table.rows], "missing cells")
     if table.title.startswith("Numeric groups by class"):
-        return _whiskers([row[0] for row in table.rows], table.columns[2:], [list(row[2:]) for row in table.rows])
+        return _whiskers([row[0] for row in table.rows], table.columns[2:],
+                         [list(row[2:]) for row in table.rows])
     return None
 
 
@@ -121,5 +122,6 @@ def _whiskers(names: list[str], classes: tuple[str, ...], cells: list[list[str]]
                         f"stroke='{colour}'/><circle cx='{x(mean):.1f}' cy='{y:.1f}' r='3.5' fill='{colour}'>"
                         f"<title>{html.escape(classes[j])}: {html.escape(m.group(0))}</title></circle>")
     legend = "".join(f"<text x='{label_width + 90 * j}' y='{24 + len(names) * len(classes) * ROW}' "
-                     f"fill='{_PALETTE[j % len(_PALETTE)]}'>{html.escape(c)}</text>" for j, c in enumerate(classes))
+                     f"fill='{_PALETTE[j % len(_PALETTE)]}'>{html.escape(c)}</text>"
+                     for j, c in enumerate(classes))
     return _svg(34 + len(names) * len(classes) * ROW, [*body, legend], "group means by class")
