@@ -45,7 +45,7 @@ from contract.names import HOLDOUT_REPLY_KEYS, TRAIN_REPLY_KEYS, ReplyKey, Usage
 from contract.schema import CohortSchema
 from contract.submission import Submission
 from contract.values import PairedDifference
-from models import build_for
+from models import build_for, penalties
 from models.pipeline import FeaturePipeline, FeatureSpec
 
 log = logging.getLogger("cohortfl.node")
@@ -254,7 +254,7 @@ class Node:
         if parsed.batch_size > n_train:
             raise PolicyViolation("batch-size-range", "at most the number of training records")
         config = replace(parsed, seed=round_seed(self.secret, run.submission_id, parsed.server_round),
-                         seconds_max=policy.round_seconds_max)
+                         seconds_max=policy.round_seconds_max, **penalties(run.model))
         privacy = policy.privacy
         self.ledger.begin_round(
             run.contributor, run.submission_id, config.server_round,

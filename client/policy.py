@@ -24,7 +24,7 @@ from contract.grant import GRANT_KEY, GrantError, RunGrant, config_digest, verif
 from contract.names import TrainKey
 from contract.schema import SCHEMA, CohortSchema
 from contract.submission import RunConfigError, Submission
-from models import ModelSpec, build_for
+from models import ModelSpec, build_for, penalties
 from models.pipeline import FeaturePipeline, FeatureSpec, FeatureSpecError
 from models.registry import UnknownModelError
 
@@ -40,6 +40,8 @@ class NodePolicy:
     batch_size_min: int = 16
     batch_size_max: int = 512
     proximal_mu_max: float = 10.0
+    #: The largest elastic-net penalty (l1, l2) a model spec may declare; lr x l2 stays under 1.
+    penalty_max: float = 0.5
     rounds_max: int = 50
     max_array_bytes: int = 64 * 2**20
     compute_budget_pf: float = 100.0
@@ -213,6 +215,9 @@ def check_model(spec: ModelSpec, policy: NodePolicy, pipeline: FeaturePipeline, 
     widest = max((p.shape[0] for m in weighted for p in m.parameters(recurse=False)), default=0)
     if widest > policy.max_width:
         raise PolicyViolation("max-width", f"at most {policy.max_width} units in a layer")
+    declared = penalties(spec)
+    if max(declared.values()) > policy.penalty_max:
+        raise PolicyViolation("penalty-range", f"l1 and l2 at most {policy.penalty_max:g}")
     if sum(p.numel() for p in model.parameters()) > policy.parameter_limit:
         raise PolicyViolation("max-parameters", f"at most {policy.parameter_limit} parameters"
                               + (" under DP-SGD" if policy.dp_enabled else ""))

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from client.training import FlopMeter, TrainConfig, TrainResult, architecture_key, check_deadline
+from client.training import (
+    FlopMeter,
+    TrainConfig,
+    TrainResult,
+    apply_penalty,
+    architecture_key,
+    check_deadline,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def train_local_dp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: T
         return nn.functional.cross_entropy(logits, yi.unsqueeze(0))
 
     per_example = vmap(grad(example_loss), in_dims=(None, 0, 0), randomness="different")
-    arch = ("dp-func", architecture_key(model))
+    arch = ("dp-func", architecture_key(model), config.l1 > 0, config.l2 > 0)
     flops_before, started, losses = meter.total, time.perf_counter(), []
     model.train()
     devices = [x.device] if x.device.type == "cuda" else []
@@ -127,4 +134,5 @@ def _dp_step(model: nn.Module, params: dict[str, nn.Parameter], xb: torch.Tensor
             p -= config.lr * (summed[k] + noise) / expected_batch
             if anchor is not None:
                 p -= config.lr * config.proximal_mu * (p - anchor[k])
+    apply_penalty(model, config)
     return loss, len(yb)

@@ -171,6 +171,9 @@ def run_node(service: NodeService, stop: threading.Event, poll_interval: float =
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     prepare(service)
     os.environ.update(service.tracking_environment())
+    # the cohort loaded and its version numbered (or refused: cohort-version-change) before any message
+    node = Node.for_settings(service.settings)
+    log.info("serving cohort version %d: %d records", node.cohort_version, node.cohort.n_records)
     state = Path(service.settings.state_dir)
     secret_file = state / "superexec-secret"
     create_once(secret_file, secrets.token_bytes(32))

@@ -30,6 +30,10 @@ class TrainConfig:
     local_epochs: int
     batch_size: int
     proximal_mu: float = 0.0
+    #: Elastic-net penalties on the weights (parameters of two or more dimensions; not biases or
+    #: cut-points), from the model spec: proximal steps after each update, data-independent.
+    l1: float = 0.0
+    l2: float = 0.0
     server_round: int = 1
     seed: int = 0
     #: Wall seconds the round may take on the device before the node stops it.
@@ -173,9 +177,10 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
                         loss = loss + 0.5 * config.proximal_mu * drift
                     loss.backward()
                     optimizer.step()
+                    apply_penalty(model, config)
                     loss_sum.add_(loss.detach() * len(batch))
 
-                meter.run((arch, len(batch), anchor is not None), step)
+                meter.run((arch, len(batch), anchor is not None, config.l1 > 0, config.l2 > 0), step)
                 check_deadline(started, config.seconds_max)
 
     if x.device.type == "cuda":
@@ -228,3 +233,17 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Class indices predicted for ``x``, shape (n_records,)."""
     model.eval()
     return model(x).argmax(dim=1)
+
+
+@torch.no_grad()
+def apply_penalty(model: nn.Module, config: TrainConfig) -> None:
+    """The elastic net's proximal step on the weights, after a gradient step of ``config.lr``:
+    shrink by ``lr * l2`` (ridge), then soft-threshold at ``lr * l1`` (lasso: exact zeros).
+    It reads no record, so under DP-SGD it sits outside the clipped, noised part."""
+    if config.l1 <= 0 and config.l2 <= 0:
+        return
+    for weight in (p for p in model.parameters() if p.ndim >= 2):
+        if config.l2 > 0:
+            weight.mul_(max(1.0 - config.lr * config.l2, 0.0))
+        if config.l1 > 0:
+            weight.copy_(weight.sign() * (weight.abs() - config.lr * config.l1).clamp_min(0.0))

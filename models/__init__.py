@@ -5,7 +5,7 @@ contributor code runs on the node.
 """
 
 from models.pipeline import FeaturePipeline, FeatureSpec, FeatureSpecError
-from models.registry import MODELS, ModelSpec, UnknownModelError, build_for, build_model
+from models.registry import MODELS, ModelSpec, UnknownModelError, build_for, build_model, penalties
 
 __all__ = ["MODELS", "FeaturePipeline", "FeatureSpec", "FeatureSpecError", "ModelSpec", "UnknownModelError",
-           "build_for", "build_model"]
+           "build_for", "build_model", "penalties"]

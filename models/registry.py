@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from models.errors import UnknownModelError
+from models.heads import HEADS, OrdinalHead
 from models.linear import LinearClassifier
 from models.mlp import MLPClassifier
 from models.pathway import PathwayNet
 from models.pipeline import FeaturePipeline
 
-__all__ = ["MODELS", "ModelSpec", "UnknownModelError", "build_for", "build_model"]
+__all__ = ["MODELS", "PENALTIES", "ModelSpec", "UnknownModelError", "build_for", "build_model",
+           "penalties"]
 
 MODELS: dict[str, type[nn.Module]] = {
     "linear": LinearClassifier,
@@ -55,7 +57,8 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
     Parameters
     ----------
     spec : ModelSpec
-        The model's name and hyperparameters.
+        The model's name and hyperparameters; ``head: ordinal`` among them puts a cumulative-link
+        outcome (``models/heads.py``) over the model built with one output.
     n_features, n_classes : int
         Width of the input matrix and number of output logits.
     seed : int
@@ -79,6 +82,12 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
         if key in spec.params:
             raise UnknownModelError(f"'{key}' is set by the node, not by a model spec")
     kwargs = dict(spec.params)
+    head = kwargs.pop("head", "multinomial")
+    if head not in HEADS:
+        raise UnknownModelError(f"unknown head '{head}': choose one of {list(HEADS)}")
+    penalties(spec)  # training's, not the constructor's
+    for key in PENALTIES:
+        kwargs.pop(key, None)
     takes = inspect.signature(model_cls.__init__).parameters
     if "feature_names" in takes:
         if feature_names is None:
@@ -92,6 +101,8 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
         )
     torch.manual_seed(seed)
     try:
+        if head == "ordinal":
+            return OrdinalHead(model_cls(n_features, 1, **kwargs), n_classes)
         return model_cls(n_features, n_classes, **kwargs)
     except TypeError:
         raise UnknownModelError(
@@ -99,6 +110,27 @@ def build_model(spec: ModelSpec, n_features: int, n_classes: int, seed: int = 0,
         ) from None
     except ValueError as ex:
         raise UnknownModelError(f"model '{spec.name}': {ex}") from None
+
+
+#: Elastic-net penalties a model spec may declare on its weights (``client/training.py``).
+PENALTIES = ("l1", "l2")
+
+
+def penalties(spec: ModelSpec) -> dict[str, float]:
+    """The spec's elastic-net penalties, ``{"l1": a, "l2": b}`` (0 where not declared).
+
+    Raises
+    ------
+    UnknownModelError
+        A penalty that is not a finite number of at least 0.
+    """
+    found = {}
+    for key in PENALTIES:
+        value = spec.params.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+            raise UnknownModelError(f"penalty '{key}' must be a number of at least 0")
+        found[key] = float(value)
+    return found
 
 
 def build_for(spec: ModelSpec, pipeline: FeaturePipeline, n_classes: int, seed: int = 0) -> nn.Module:

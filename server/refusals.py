@@ -20,6 +20,9 @@ from flwr.serverapp import Grid
 
 from server.errors import SubmissionFailed
 
+#: Flower internals used here (module, name), checked on every Flower upgrade.
+PRIVATE_FLOWER_API = (("flwr.common.constant", "ErrorCode"),)
+
 #: Seconds between pulls for replies: the first pause, and the longest.
 POLL_FIRST, POLL_MAX = 0.02, 0.5
 #: The longest wait for a reply (a node stops a round at its policy's ``round_seconds_max``);

@@ -1,8 +1,9 @@
 """Flower's private API, named where it is used: an upgrade learns here what moved, not in a hung run.
 
 ``server/engine.py`` starts the simulation engine in-process, ``client/executor.py`` serves the
-SuperNode's tasks and ``server/sandbox.py`` the SuperLink's, all through internals of Flower;
-every other module uses only Flower's public packages. These tests pin both facts.
+SuperNode's tasks and ``server/sandbox.py`` the SuperLink's, all through internals of Flower, and
+``server/refusals.py`` reads the error codes the SuperLink writes itself; every other module uses
+only Flower's public packages. These tests pin both facts.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import pytest
 
 import client.executor
 import server.engine
+import server.refusals
 import server.sandbox
 from server.engine import FLOWER_VERSION
 
 #: module file -> the private Flower symbols it declares.
 USERS = {Path(m.__file__).resolve(): m.PRIVATE_FLOWER_API
-         for m in (server.engine, client.executor, server.sandbox)}
+         for m in (server.engine, client.executor, server.sandbox, server.refusals)}
 PRIVATE_FLOWER_API = sorted({symbol for symbols in USERS.values() for symbol in symbols})
 
 ROOT = Path(__file__).resolve().parent.parent
