@@ -180,7 +180,7 @@ def train_local(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
                     apply_penalty(model, config)
                     loss_sum.add_(loss.detach() * len(batch))
 
-                meter.run((arch, len(batch), anchor is not None, config.l1 > 0, config.l2 > 0), step)
+                meter.run(step_key(arch, len(batch), config), step)
                 check_deadline(started, config.seconds_max)
 
     if x.device.type == "cuda":
@@ -216,14 +216,21 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, start + size) for start, size in zip(starts, sizes, strict=True)]
 
 
+def step_key(arch: tuple, batch: int, config: TrainConfig) -> tuple:
+    """What a training step's FLOPs depend on: the architecture, the batch's size and the terms
+    added to the step (proximal, penalties). The meter counts and ``expected_flops`` looks up
+    by this one key: a key that differs between them would make every round's charge look free."""
+    return (arch, batch, config.proximal_mu > 0, config.l1 > 0, config.l2 > 0)
+
+
 def expected_flops(model: nn.Module, n: int, config: TrainConfig, meter: FlopMeter) -> int:
     """FLOPs ``train_local`` will spend, from counts the meter already has.
 
     Returns 0 when a step shape of the round was never counted (the first
     round of a new architecture or batch size): the charge then comes after.
     """
-    arch, proximal = architecture_key(model), config.proximal_mu > 0
-    per_step = [meter.known((arch, stop - start, proximal))
+    arch = architecture_key(model)
+    per_step = [meter.known(step_key(arch, stop - start, config))
                 for start, stop in batch_bounds(n, config.batch_size)]
     return 0 if None in per_step else config.local_epochs * sum(per_step)
 

@@ -126,3 +126,20 @@ def test_a_penalty_out_of_the_policy_is_refused_before_any_data_is_read(value):
     with pytest.raises(PolicyViolation, match="model-spec|penalty-range"):
         check_model(ModelSpec("linear", {"l1": value}), NodePolicy(), feature_pipeline(FeatureSpec(), SCHEMA),
                     3)
+
+
+def test_a_penalised_round_is_charged_in_advance_like_any_other(tmp_path):
+    """The budget check reserves a round's FLOPs from the meter's counts before it runs; the
+    penalty's steps are counted under the key the check looks up (else the round looks free)."""
+    from dataclasses import replace
+
+    from client.training import FlopMeter, TrainConfig, expected_flops, train_local
+
+    x, y = torch.randn(96, 10), torch.randint(0, 3, (96,))
+    meter = FlopMeter(tmp_path / "flops.sqlite")
+    for config in (TrainConfig(lr=0.1, local_epochs=1, batch_size=32),
+                   replace(TrainConfig(lr=0.1, local_epochs=1, batch_size=32), l1=0.01, l2=0.01)):
+        model = build_model(ModelSpec("linear"), 10, 3)
+        assert expected_flops(model, 96, config, meter) == 0  # never counted: charged after
+        spent = train_local(model, x, y, config, meter).flops
+        assert expected_flops(model, 96, config, meter) == spent > 0
