@@ -217,8 +217,9 @@ _NOTE = ("[low, high]: 95% bootstrap intervals over the holdout's records, compu
          "the node's paired bootstrap of the macro-F1 difference with the row below on the same records; "
          "'noise' when its interval holds 0. top feature group: largest permutation importance. privacy: "
          "the contributor's epsilon spent under DP-SGD (delta in the run's params); DP OFF: the node "
-         "trained without differential privacy. cohort: the version of the cohort the scores are on (vN*: "
-         "weights of an earlier version's run, rescored on it).")
+         "trained without differential privacy.")
+_COHORT_NOTE = (" cohort: the version of the cohort the scores are on (vN*: an earlier version's run, "
+                "rescored on it).")
 
 
 def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
@@ -263,7 +264,7 @@ def format_leaderboard(rows: list[Row], width: int | None = None) -> str:
     console = Console(file=out, width=max(width, used), color_system=None, force_terminal=False,
                       highlight=False, emoji=False, markup=False)
     console.print(table if lines else "(no finished submissions)")
-    console.print(_NOTE, width=min(width, 110), soft_wrap=False)
+    console.print(_NOTE + ("" if unused else _COHORT_NOTE), width=min(width, 110), soft_wrap=False)
     hidden = [name for name in header if name not in kept | unused]
     if hidden:
         console.print(f"Left out at {width} columns: {', '.join(hidden)} (a wider terminal, or "
