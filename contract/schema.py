@@ -80,7 +80,7 @@ class CohortSchema:
         FeatureSpecError
             The spec names columns the schema does not have.
         """
-        spec.validate(self.numeric, self.groups)
+        spec.validate(self.numeric, self.groups, self.categorical)
         return FeaturePipeline(spec, self.numeric, self.categorical, self.groups, self.may_be_missing)
 
     @property

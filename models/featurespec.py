@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -48,7 +48,9 @@ class FeatureSpec:
         dictionary: ``gene``, ``clinical``, ``signature`` for the demo's); None keeps every group.
         Columns in no group are always kept.
     interactions : tuple of str
-        Numeric columns whose standardised values multiply every left score.
+        Modifiers that multiply every left score: a numeric column (its standardised value, after
+        its transforms) or a categorical column's level, ``COLUMN=LEVEL`` (1 for the records at that
+        level, else 0: ``sex=male`` gives a set's effect in men apart).
     interaction_left : {"gene_sets", "signatures"}
         The left scores: the gene-set scores, or the standardised signature columns.
     transforms : dict of str to tuple of str
@@ -103,7 +105,8 @@ class FeatureSpec:
         object.__setattr__(self, "transforms", {
             str(k): _transforms(str(k), v) for k, v in sorted(self.transforms.items())})
 
-    def validate(self, numeric: Sequence[str], groups: ColumnGroups | None = None) -> None:
+    def validate(self, numeric: Sequence[str], groups: ColumnGroups | None = None,
+                 categorical: Mapping[str, Sequence[str]] | None = None) -> None:
         """Check the spec against the numeric columns a pipeline will see.
 
         Parameters
@@ -112,12 +115,15 @@ class FeatureSpec:
             Numeric column names.
         groups : ColumnGroups, optional
             Their groups (the data dictionary's); by default the demo's, by column prefix.
+        categorical : mapping of str to sequence of str, optional
+            The categorical columns and their levels (``COLUMN=LEVEL`` interactions name them).
 
         Raises
         ------
         FeatureSpecError
             A raw group the cohort does not have, a gene set that names a column outside the genes
-            group, an interaction column that is not a numeric column, or no signatures to
+            group, an interaction that is neither a numeric column nor a categorical level, or no
+            signatures to
             interact with.
         """
         groups = groups or ColumnGroups.by_prefix(numeric)
@@ -130,11 +136,12 @@ class FeatureSpec:
         problem = gene_set_problem(self.gene_sets, genes)
         if problem:
             raise FeatureSpecError(f"'gene_sets': {problem}")
-        known = set(numeric)
+        known = set(numeric) | {f"{c}={level}" for c, levels in (categorical or {}).items()
+                                 for level in levels}
         unknown = [c for c in self.interactions if c not in known]
         if unknown:
-            raise FeatureSpecError(f"'interactions': {len(unknown)} name(s) are not numeric columns, "
-                                   f"e.g. '{unknown[0][:40]}'")
+            raise FeatureSpecError(f"'interactions': {len(unknown)} name(s) are neither numeric columns nor "
+                                   f"categorical levels (COLUMN=LEVEL), e.g. '{unknown[0][:40]}'")
         if (self.interactions and self.interaction_left == "signatures"
                 and not groups.columns(groups.signatures)):
             raise FeatureSpecError("'interactions' with interaction_left 'signatures' need signature columns")

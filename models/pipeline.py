@@ -68,7 +68,7 @@ class FeaturePipeline:
     @property
     def feature_names(self) -> list[str]:
         """Names of the columns ``transform`` returns, in order (known before ``fit``)."""
-        self.spec.validate(self.numeric, self.groups)
+        self.spec.validate(self.numeric, self.groups, self.categorical)
         names = [self.numeric[i] for i in self._raw_index()]
         names += [f"{column}={level}" for column, levels in self.categorical.items() for level in levels]
         names += [f"set:{name}" for name in self.spec.gene_sets]
@@ -95,7 +95,7 @@ class FeaturePipeline:
         FeatureSpecError
             The spec does not fit the numeric columns.
         """
-        self.spec.validate(self.numeric, self.groups)
+        self.spec.validate(self.numeric, self.groups, self.categorical)
         values = frame[self.numeric].to_numpy(dtype=np.float32, copy=True)
         self.fill_ = {}
         for i in self._column_index([c for c in self.missing if c not in self.categorical]):
@@ -148,13 +148,26 @@ class FeaturePipeline:
         if self.spec.interactions:
             by_sets = self.spec.interaction_left == "gene_sets"
             left = scores if by_sets else standardised[:, self._signatures()]
-            right = standardised[:, self._column_index(self.spec.interactions)]
+            right = self._modifiers(frame, standardised)
             blocks.append((left[:, :, None] * right[:, None, :]).reshape(len(frame), -1))
         if self.spec.missing_indicators and self.missing:
             blocks.append(frame[self.missing].isna().to_numpy(np.float32))
         if len(blocks) == 1 or all(b.shape[1] == 0 for b in blocks[1:]):
             return np.ascontiguousarray(blocks[0], dtype=np.float32)
         return np.hstack(blocks, dtype=np.float32)
+
+    def _modifiers(self, frame: pd.DataFrame, standardised: np.ndarray) -> np.ndarray:
+        """The right sides of the interactions, shape (n_records, n_interactions): a numeric column's
+        standardised values, or a categorical level's 0/1 indicator."""
+        levels = {f"{c}={level}": (c, level) for c, levels in self.categorical.items() for level in levels}
+        columns = []
+        for name in self.spec.interactions:
+            if name in levels:
+                column, level = levels[name]
+                columns.append((frame[column].to_numpy() == level).astype(np.float32))
+            else:
+                columns.append(standardised[:, self.numeric.index(name)])
+        return np.column_stack(columns)
 
     def _standardise_and_score(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Standardise ``values`` (float32, filled and transformed) in place, and return them with

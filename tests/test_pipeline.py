@@ -161,6 +161,21 @@ def test_interaction_columns_are_products_of_the_standardised_scores(kind):
         np.testing.assert_allclose(x[:, names.index(f"{left}*{right}")], product, rtol=1e-5, atol=1e-6)
 
 
+def test_a_categorical_level_interacts_as_its_indicator():
+    """``sex=male`` gives each set a separate effect in men: the product is the set score in men, 0 in
+    women; numeric and categorical modifiers mix in the order declared."""
+    fitted = pipeline(gene_sets=SETS, interaction_left="gene_sets",
+                      interactions=("sex=male", "clinical_0")).fit(frame(0))
+    test = frame(1)
+    x, names = fitted.transform(test), fitted.feature_names
+    men = (test["sex"] == "male").to_numpy()
+    assert 0 < men.sum() < len(test)
+    for left in SETS:
+        score = x[:, names.index(f"set:{left}")]
+        np.testing.assert_array_equal(x[:, names.index(f"{left}*sex=male")], np.where(men, score, 0.0))
+    assert [n for n in names if "*" in n] == ["down*sex=male", "down*clinical_0", "up*sex=male", "up*clinical_0"]
+
+
 def test_raw_groups_select_the_numeric_columns_kept():
     names = pipeline(raw=("clinical",)).feature_names
     assert names[:3] == CLINICAL and not any(n.startswith(("gene_", "signature_")) for n in names)
@@ -214,7 +229,8 @@ def test_too_many_sets_are_refused():
     ({"gene_sets": {"s": ("gene_0", "gene_99")}}, "'s' names 1 unknown gene column"),
     ({"gene_sets": {"s": ("gene_0", "clinical_0")}}, "'s' names 1 unknown gene column"),
     ({"interactions": ("clinical_9",)}, "'interactions': 1 name"),
-    ({"interactions": ("sex",)}, "not numeric columns"),
+    ({"interactions": ("sex",)}, "neither numeric columns nor categorical levels"),
+    ({"interactions": ("sex=other",)}, "neither numeric columns nor categorical levels"),
     ({"raw": ("proteins",)}, "'raw': 'proteins' is not a group of this cohort"),
 ])
 def test_specs_naming_unknown_columns_are_refused_before_fitting(spec, match):
