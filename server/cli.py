@@ -90,6 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     submit.add_argument("-v", "--verbose", action="store_true", help="show Flower's logs")
     new = commands.add_parser("new", help="write an example submission package that runs")
     new.add_argument("folder", type=Path, help="a new (or empty) folder")
+    own = commands.add_parser("pretrain", help="pretrain a package's model on your own cohort: writes "
+                                   "its initial.npz")
+    own.add_argument("folder", type=Path, help="the submission package")
+    own.add_argument("--cohort", type=Path, required=True,
+                          help="your own cohort file (.csv or .parquet) in the node's published columns")
+    own.add_argument("--schema", type=Path, default=None,
+                          help="what it follows: the published schema (.json, `cohortfl schema --json`) "
+                               "or a data dictionary (.yaml); default: the demo's shape")
+    own.add_argument("--epochs", type=int, default=30)
+    own.add_argument("--lr", type=float, default=None, help="default: the package's lr")
     board = commands.add_parser("leaderboard", help="print the leaderboard from an MLflow store")
     board.add_argument("--tracking-uri", default=None,
                        help="MLflow store (default: sqlite:///cohortfl-demo/mlflow.db)")
@@ -200,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_policy(args.overrides)
     if args.command == "new":
         return new_package(args.folder)
+    if args.command == "pretrain":
+        return pretrain(args.folder, args.cohort, args.schema, args.epochs, args.lr)
     if args.command == "publish":
         return publish_runs(args.dir, args.contributor, args.run)
     if args.command == "cohort":
@@ -384,6 +396,22 @@ def new_package(folder: Path) -> int:
     print(f"try it on the local engine (synthetic cohort):\n  cohortfl submit {folder} "
           f"--contributor YOUR_NAME\nthen send it to the foundation's workspace:\n  cohortfl submit "
           f"{folder} --workspace URL --ca ca.crt --token-file YOUR.token")
+    return 0
+
+
+def pretrain(folder: Path, cohort: Path, schema: Path | None, epochs: int, lr: float | None) -> int:
+    """``cohortfl pretrain``: the package's model pretrained on the contributor's own cohort."""
+    from client.errors import NodeError
+    from contract.dictionary import DictionaryError
+    from server.errors import PackageRefused
+    from server.pretrain import pretrain_package
+
+    try:
+        path = pretrain_package(folder, cohort, schema, epochs, lr)
+    except (PackageRefused, NodeError, DictionaryError, ValueError, OSError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size} bytes): the package starts from these weights")
     return 0
 
 

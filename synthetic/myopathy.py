@@ -26,11 +26,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+DICTIONARY = Path(__file__).resolve().parents[1] / "conf" / "dictionary" / "myopathy.yaml"
 ID, LABEL = "subject", "course"
 CLASSES = ("remission", "stable", "progressive", "refractory")
 CLASS_SHARES = (0.22, 0.34, 0.28, 0.16)

@@ -1,10 +1,11 @@
 """What a contributor does on their own machine before submitting: pretrain on their own cohort.
 
-Contributors A and B of the pilot bring weights pretrained on an external cohort of their own
-(here drawn by ``synthetic.disease.generate_external_cohort``: another site, another
-population). They fit the same declarative feature pipeline on their data and train the same
-registered model with the same training loop as the node; only the weights travel. The demo
-does this step for them, once per distinct pretraining (the weights are cached in the output folder).
+Contributors A and B of the pilot bring weights pretrained on an external cohort of their own: a
+file they hold in the node's published columns (``cohort_file``), or, in the demo, a synthetic
+cohort of another centre of either synthetic disease. They fit the same declarative feature
+pipeline on their data and train the same registered model with the same training loop as the
+node; only the weights travel. The demo does this step for them, once per distinct pretraining
+(the weights are cached in the output folder); ``cohortfl pretrain`` does it for a package.
 """
 
 from __future__ import annotations
@@ -16,25 +17,33 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from client.training import FlopMeter, TrainConfig, train_local
-from contract.schema import SCHEMA
+from contract.schema import SCHEMA, CohortSchema
 from contract.submission import Submission
-from models import ModelSpec, build_for
+from models import ModelSpec, build_for, penalties
 from models.pipeline import FeatureSpec
 
 
 @dataclass(frozen=True)
 class Pretraining:
-    """A contributor's pretraining on their external cohort.
+    """A contributor's pretraining on a cohort of their own.
 
     Attributes
     ----------
-    cohort_seed : int
-        Seeds the external cohort the contributor holds.
-    n_records : int
-        Its size.
+    cohort_file : str or None
+        Their own cohort file (``.csv`` or ``.parquet``) in the node's published columns; None: a
+        synthetic cohort of another centre, drawn from ``disease``.
+    dictionary : str or None
+        What ``cohort_file`` follows: the foundation's data dictionary (``.yaml``) or the schema it
+        publishes (``cohortfl schema --json``, a ``.json``); None: the demo's shape.
+    disease : {"demo", "myopathy"}
+        Without a file: the synthetic disease whose external centre is drawn
+        (``synthetic.disease.generate_external_cohort``, ``synthetic.myopathy.generate_myopathy``).
+    cohort_seed, n_records : int
+        Seed and size of that synthetic cohort.
     epochs, lr, batch_size : int, float, int
         Plain SGD over it, as the node trains.
     """
@@ -44,25 +53,64 @@ class Pretraining:
     epochs: int = 30
     lr: float = 0.05
     batch_size: int = 32
+    cohort_file: str | None = None
+    dictionary: str | None = None
+    disease: str = "demo"
+
+
+#: The synthetic diseases a contributor's own cohort can be drawn from, and their dictionaries.
+DISEASES = ("demo", "myopathy")
+
+
+def own_cohort(pretraining: Pretraining) -> tuple[pd.DataFrame, np.ndarray, CohortSchema]:
+    """The contributor's cohort: its feature table, class indices and schema.
+
+    Raises
+    ------
+    CohortValidationError, DictionaryError
+        Their file does not fit the dictionary (the node's published columns).
+    ValueError
+        An unknown synthetic disease.
+    """
+    from client.cohort import load_cohort, read_table, validate_frame
+
+    if pretraining.cohort_file is not None and str(pretraining.dictionary).endswith(".json"):
+        schema = CohortSchema.from_json(Path(pretraining.dictionary).read_text())
+        frame = read_table(Path(pretraining.cohort_file))
+        validate_frame(frame, schema)
+        return frame, schema.label_indices(frame[schema.label_column]), schema
+    if pretraining.cohort_file is not None:
+        cohort = load_cohort(pretraining.cohort_file, pretraining.dictionary)
+        return cohort.frame, cohort.labels, cohort.schema
+    if pretraining.disease == "demo":
+        from synthetic.disease import generate_external_cohort
+
+        frame, schema = generate_external_cohort(pretraining.cohort_seed, pretraining.n_records), SCHEMA
+    elif pretraining.disease == "myopathy":
+        from contract.dictionary import DataDictionary
+        from synthetic.myopathy import DICTIONARY, generate_myopathy
+
+        frame = generate_myopathy(pretraining.cohort_seed, pretraining.n_records, external=True)
+        schema = DataDictionary.from_yaml(DICTIONARY).resolve(list(frame.columns))
+    else:
+        raise ValueError(f"pretrain.disease must be one of {list(DISEASES)}, not {pretraining.disease!r}")
+    return frame, schema.label_indices(frame[schema.label_column]), schema
 
 
 def pretrained_weights(model: ModelSpec, features: FeatureSpec, pretraining: Pretraining, seed: int
                        ) -> dict[str, np.ndarray]:
-    """Train ``model`` on the contributor's external cohort; return its weights.
+    """Train ``model`` on the contributor's own cohort (``own_cohort``); return its weights.
 
-    The feature pipeline is fitted on the external cohort (the contributor's own
-    statistics): on the node it is refitted on the node's training split, which is
-    part of the shift the out-of-the-box score shows.
+    The feature pipeline is fitted on that cohort (the contributor's own statistics): on the node
+    it is refitted on the node's training split, which is part of the shift the out-of-the-box
+    score shows. The elastic-net penalties the model declares apply here too.
     """
-    from synthetic.disease import generate_external_cohort
-
-    frame = generate_external_cohort(pretraining.cohort_seed, pretraining.n_records)
-    pipeline = SCHEMA.pipeline(features).fit(frame)
-    x = torch.from_numpy(pipeline.transform(frame))
-    y = torch.from_numpy(SCHEMA.label_indices(frame[SCHEMA.label_column]))
-    net = build_for(model, pipeline, len(SCHEMA.classes), seed)
-    train_local(net, x, y, TrainConfig(lr=pretraining.lr, local_epochs=pretraining.epochs,
-                                       batch_size=pretraining.batch_size, seed=seed), FlopMeter())
+    frame, labels, schema = own_cohort(pretraining)
+    pipeline = schema.pipeline(features).fit(frame)
+    net = build_for(model, pipeline, len(schema.classes), seed)
+    train_local(net, torch.from_numpy(pipeline.transform(frame)), torch.from_numpy(labels),
+                TrainConfig(lr=pretraining.lr, local_epochs=pretraining.epochs,
+                            batch_size=pretraining.batch_size, seed=seed, **penalties(model)), FlopMeter())
     return {name: value.detach().numpy() for name, value in net.state_dict().items()}
 
 
@@ -71,12 +119,15 @@ def with_pretrained_weights(submission: Submission, pretraining: Pretraining, ca
     """The submission carrying weights pretrained as ``pretraining`` says (base64 ``.npz``),
     computed once per distinct pretraining into ``cache_dir``."""
     model, features, seed = submission.model, submission.features, submission.seed
-    key = json.dumps([model.to_json(), features.to_json(), asdict(pretraining), seed, _code_digest()],
+    own = (hashlib.sha256(Path(pretraining.cohort_file).read_bytes()).hexdigest()
+           if pretraining.cohort_file else None)
+    key = json.dumps([model.to_json(), features.to_json(), asdict(pretraining), own, seed, _code_digest()],
                      sort_keys=True)
     path = cache_dir / f"pretrained-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if not path.is_file():
-        print(f"pretraining {model.name} on an external cohort of {pretraining.n_records} records "
-              f"({pretraining.epochs} epochs) -> {path}", flush=True)
+        where = pretraining.cohort_file or (f"an external {pretraining.disease} cohort of "
+                                            f"{pretraining.n_records} records")
+        print(f"pretraining {model.name} on {where} ({pretraining.epochs} epochs) -> {path}", flush=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         np.savez(tmp.open("wb"), **pretrained_weights(model, features, pretraining, seed))
@@ -90,7 +141,9 @@ def _code_digest() -> str:
     import client.training
     import models
     import synthetic.disease
+    import synthetic.myopathy
 
-    files = [Path(synthetic.disease.__file__), Path(client.training.__file__),
-             *sorted(Path(models.__file__).parent.glob("*.py"))]
+    files = [Path(synthetic.disease.__file__), Path(synthetic.myopathy.__file__),
+             Path(client.training.__file__), *sorted(Path(models.__file__).parent.glob("*.py"))]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+

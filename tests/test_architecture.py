@@ -22,7 +22,9 @@ MAY_IMPORT = {
     "strategies": set(),
     "contract": {"models"},
     "client": {"contract", "models"},
-    "synthetic": {"contract", "models", "client.training"},
+    # a contributor's own pretraining trains with the node's loop and reads their own file with the
+    # node's reader, so that it fails as the node would
+    "synthetic": {"contract", "models", "client.training", "client.cohort"},
     "server": {"contract", "models", "strategies", "synthetic"},
 }
 #: server modules that, in simulation, also act as the node's operator; with the reason.

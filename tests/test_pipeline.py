@@ -173,7 +173,8 @@ def test_a_categorical_level_interacts_as_its_indicator():
     for left in SETS:
         score = x[:, names.index(f"set:{left}")]
         np.testing.assert_array_equal(x[:, names.index(f"{left}*sex=male")], np.where(men, score, 0.0))
-    assert [n for n in names if "*" in n] == ["down*sex=male", "down*clinical_0", "up*sex=male", "up*clinical_0"]
+    assert [n for n in names if "*" in n] == ["down*sex=male", "down*clinical_0", "up*sex=male",
+                                              "up*clinical_0"]
 
 
 def test_raw_groups_select_the_numeric_columns_kept():
