@@ -38,6 +38,8 @@ import tempfile
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -49,13 +51,15 @@ import torch  # noqa: E402
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier  # noqa: E402
 from sklearn.linear_model import LogisticRegressionCV  # noqa: E402
 from sklearn.metrics import f1_score, recall_score  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from sklearn.neural_network import MLPClassifier  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from client.cohort import load_cohort, split_cohort  # noqa: E402
+from client.privacy import PrivacyPolicy, train_local_dp  # noqa: E402
 from client.training import FlopMeter, TrainConfig, predict, train_local  # noqa: E402
-from contract.schema import SCHEMA  # noqa: E402
+from contract.schema import SCHEMA, CohortSchema  # noqa: E402
 from contract.submission import Submission  # noqa: E402
 from models import build_for  # noqa: E402
 from models.pipeline import FeatureSpec  # noqa: E402
@@ -142,16 +146,274 @@ def declared(params: dict, train: pd.DataFrame, y_train: np.ndarray, evaluations
              seed: int, epochs: int = 60) -> dict[str, np.ndarray]:
     """A linear model with ``params`` (head, l1, l2) on ``GENE_SETS_SPEC``, trained ``epochs`` epochs
     (batch 32, lr 0.05) as the node trains; its predictions per evaluation frame."""
+    model, pipeline = node_trained(SCHEMA, GENE_SETS_SPEC, params, 0.05, epochs, train, y_train, seed)
+    return {name: predict(model, torch.from_numpy(pipeline.transform(frame))).numpy()
+            for name, frame in evaluations.items()}
+
+
+def node_trained(schema: CohortSchema, features: FeatureSpec, params: dict, lr: float, epochs: int,
+                 train: pd.DataFrame, y_train: np.ndarray, seed: int, privacy: PrivacyPolicy | None = None,
+                 initial: dict[str, np.ndarray] | None = None) -> tuple[torch.nn.Module, object]:
+    """A linear model with ``params`` (head, l1, l2) on ``features``, from ``initial`` weights or from
+    scratch, trained as the node trains it (``train_local``, or ``train_local_dp`` under ``privacy``):
+    ``epochs`` epochs of batch 32. FedAvg over one node is this loop (``tests/test_e2e.py``).
+    Returns the model and its pipeline (fitted on ``train``)."""
     from models import ModelSpec, penalties
 
     spec = ModelSpec("linear", params)
-    pipeline = SCHEMA.pipeline(GENE_SETS_SPEC).fit(train)
-    model = build_for(spec, pipeline, len(SCHEMA.classes), seed)
-    config = TrainConfig(lr=0.05, local_epochs=epochs, batch_size=32, seed=seed, **penalties(spec))
-    train_local(model, torch.from_numpy(pipeline.transform(train)), torch.from_numpy(y_train), config,
-                FlopMeter())
-    return {name: predict(model, torch.from_numpy(pipeline.transform(frame))).numpy()
-            for name, frame in evaluations.items()}
+    pipeline = schema.pipeline(features).fit(train)
+    model = build_for(spec, pipeline, len(schema.classes), seed)
+    if initial is not None:
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in initial.items()})
+    config = TrainConfig(lr=lr, local_epochs=epochs, batch_size=32, seed=seed, **penalties(spec))
+    x, y = torch.from_numpy(pipeline.transform(train)), torch.from_numpy(y_train)
+    if privacy is None:
+        train_local(model, x, y, config, FlopMeter())
+    else:
+        train_local_dp(model, x, y, config, FlopMeter(), privacy)
+    return model, pipeline
+
+
+# --- the declared study: what an expert can declare, on both diseases --------------------------
+
+
+@dataclass(frozen=True)
+class Disease:
+    """A synthetic disease as the declared study sees it.
+
+    ``candidates`` are the feature specs an expert can write from what they may know (the
+    published dictionary, the public gene-set database, what the literature says modifies what);
+    they choose among them, and the learning rate and penalties, on their own cohort only.
+    """
+
+    name: str
+    dictionary: Path
+    draw: Callable[[int], pd.DataFrame]       # the foundation's cohort of a seed (640 records)
+    large: Callable[[], pd.DataFrame]         # an independent draw of 10,000 records
+    own: Callable[[], pd.DataFrame]           # the contributor's own cohort, another centre
+    posterior: Callable[[pd.DataFrame], np.ndarray]
+    candidates: dict[str, FeatureSpec]
+
+
+def diseases() -> list[Disease]:
+    """The demo's disease (the references were designed on it) and the myopathy (not)."""
+    from synthetic.disease import generate_external_cohort
+    from synthetic.myopathy import generate_myopathy, myopathy_gene_sets
+    from synthetic.myopathy import true_posterior as myopathy_posterior
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "dictionary"
+    scale = LARGE / sum(CLASS_COUNTS.values())
+    myo_sets = {k: tuple(v) for k, v in myopathy_gene_sets().items()}
+    myo = FeatureSpec(gene_sets=myo_sets, raw=("clinical", "labs"), interaction_left="gene_sets",
+                      transforms={"labs": ("log1p",), "prednisone_mg_day": ("log1p",)},
+                      interactions=("age_years", "prednisone_mg_day", "sex=M", "antibody=anti-Jo1"))
+    return [
+        Disease("demo (progression)", conf / "synthetic.yaml", lambda s: generate_cohort(seed=s),
+                lambda: generate_cohort(seed=99_999, class_counts={c: round(n * scale)
+                                                                   for c, n in CLASS_COUNTS.items()}),
+                lambda: generate_external_cohort(707, 2000), true_posterior,
+                {"set means": GENE_SETS_SPEC, "set pc1": replace(GENE_SETS_SPEC, gene_set_score="pc1")}),
+        Disease("myopathy (course)", conf / "myopathy.yaml", lambda s: generate_myopathy(seed=s),
+                lambda: generate_myopathy(seed=99_999, n_records=LARGE),
+                lambda: generate_myopathy(seed=707, n_records=2000, external=True), myopathy_posterior,
+                {"set means, log labs": myo, "set pc1, log labs": replace(myo, gene_set_score="pc1"),
+                 "set means, raw labs": replace(myo, transforms={}),
+                 "set pc1, raw labs": replace(myo, gene_set_score="pc1", transforms={})}),
+    ]
+
+
+#: What the expert chooses on their own cohort: learning rate and penalties (the head is ordinal: the
+#: dictionary says the outcome is). The workspace fixes 20 rounds of 1 epoch.
+EXPERT_LRS = (0.05, 0.1, 0.2)
+EXPERT_PENALTIES = ({}, {"l1": 0.002, "l2": 0.01})
+ROUNDS = 20
+PILOT_DP = PrivacyPolicy(noise_multiplier=1.0, max_grad_norm=2.0, delta=1e-5, epsilon_budget=float("inf"))
+RIDGE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+
+
+def expert_choice(disease: Disease, schema: CohortSchema) -> tuple[str, float, dict, float]:
+    """The expert's declaration, chosen by 3-fold cross-validated macro-F1 on their own cohort only:
+    (candidate spec, learning rate, head and penalties, its CV macro-F1)."""
+    own = disease.own()
+    y = schema.label_indices(own[schema.label_column])
+    best = ("", 0.0, {}, -1.0)
+    for name, spec in disease.candidates.items():
+        for lr in EXPERT_LRS:
+            for penalty in EXPERT_PENALTIES:
+                params = {"head": "ordinal", **penalty}
+                folds = []
+                for fit, check in StratifiedKFold(3, shuffle=True, random_state=0).split(own, y):
+                    model, pipeline = node_trained(schema, spec, params, lr, ROUNDS, own.iloc[fit], y[fit], 0)
+                    predicted = predict(model, torch.from_numpy(pipeline.transform(own.iloc[check]))).numpy()
+                    folds.append(f1_score(y[check], predicted, average="macro"))
+                if np.mean(folds) > best[3]:
+                    best = (name, lr, params, float(np.mean(folds)))
+    return best
+
+
+def fit_ordinal_ridge(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ridge: float
+                      ) -> torch.nn.Module:
+    """Full-batch L-BFGS to convergence on the mean negative log-likelihood + ridge / 2 |W|^2."""
+    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=500, line_search_fn="strong_wolfe",
+                                  tolerance_change=1e-10)
+    weights = [p for p in model.parameters() if p.ndim >= 2]
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.nll_loss(model(x), y) + 0.5 * ridge * sum((w ** 2).sum() for w in weights)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return model
+
+
+def central_ordinal(disease: Disease, schema: CohortSchema, train: pd.DataFrame, y_train: np.ndarray
+                    ) -> tuple[str, float, torch.nn.Module, object]:
+    """The best central model with the same knowledge: a proportional-odds model with a ridge penalty,
+    fitted to convergence, its feature spec and ridge chosen by 5-fold cross-validated log-loss on the
+    node's training split. Returns (spec name, ridge, model, pipeline)."""
+    from models import ModelSpec
+
+    spec = ModelSpec("linear", {"head": "ordinal"})
+    y = torch.from_numpy(y_train)
+    best = (np.inf, "", 0.0)
+    for name, features in disease.candidates.items():
+        for ridge in RIDGE_GRID:
+            losses = []
+            for fit, check in StratifiedKFold(5, shuffle=True, random_state=0).split(train, y_train):
+                pipeline = schema.pipeline(features).fit(train.iloc[fit])
+                x_fit = torch.from_numpy(pipeline.transform(train.iloc[fit]))
+                model = build_for(spec, pipeline, len(schema.classes), 0)
+                fit_ordinal_ridge(model, x_fit, y[fit], ridge)
+                with torch.no_grad():
+                    losses.append(float(torch.nn.functional.nll_loss(
+                        model(torch.from_numpy(pipeline.transform(train.iloc[check]))), y[check])))
+            if np.mean(losses) < best[0]:
+                best = (float(np.mean(losses)), name, ridge)
+    _, name, ridge = best
+    pipeline = schema.pipeline(disease.candidates[name]).fit(train)
+    model = fit_ordinal_ridge(build_for(spec, pipeline, len(schema.classes), 0),
+                              torch.from_numpy(pipeline.transform(train)), y, ridge)
+    return name, ridge, model, pipeline
+
+
+#: The rows of the declared study, in order.
+BAYES = "Bayes-optimal (true posterior)"
+CENTRAL = "central: ordinal ridge, spec and ridge by CV on the training split"
+CENTRAL_LR = "central: multinomial logistic (tuned C), same spec"
+DECLARED_ROW = "declared, as the node trains it (DP off)"
+DECLARED_DP = "declared, as the node trains it (pilot DP: noise 1.0, clip 2)"
+PRETRAINED_DP = "declared + pretrained on the expert's own cohort (pilot DP)"
+STANDARD = "standard: logistic regression (tuned C) on the raw columns"
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What the expert submits: a candidate spec, learning rate, head and penalties, and the weights
+    they pretrained on their own cohort with it."""
+
+    spec: str
+    lr: float
+    params: dict
+    cv_f1: float
+    pretrained: dict
+
+
+def declare(disease: Disease, schema: CohortSchema) -> Declaration:
+    """The expert's choice by 3-fold CV on their own cohort, then pretraining on all of it."""
+    from models import ModelSpec
+    from synthetic.pretraining import Pretraining, pretrained_weights
+
+    name, lr, params, cv = expert_choice(disease, schema)
+    own = Path(tempfile.mkdtemp(prefix="cohortfl-own-")) / "own.parquet"
+    disease.own().to_parquet(own, index=False)
+    weights = pretrained_weights(ModelSpec("linear", params), disease.candidates[name],
+                                 Pretraining(epochs=ROUNDS, lr=lr, cohort_file=str(own),
+                                             dictionary=str(disease.dictionary)), 0)
+    return Declaration(name, lr, params, cv, weights)
+
+
+def score_seed(disease: Disease, schema: CohortSchema, declaration: Declaration, seed: int,
+               large: pd.DataFrame, folder: Path) -> tuple[dict[str, dict], str]:
+    """Every row's (macro-F1, reported-class recall) on the holdout and the 10k draw for cohort
+    ``seed``, split by the node's own split; and the spec the central fit chose."""
+    path = folder / f"cohort{seed}.parquet"
+    disease.draw(seed).to_parquet(path, index=False)
+    cohort = load_cohort(path, disease.dictionary)
+    split = split_cohort(cohort, 128, 0)
+    train, y_train = cohort.frame.iloc[split.train].reset_index(drop=True), cohort.labels[split.train]
+    frames = {"holdout": cohort.frame.iloc[split.holdout].reset_index(drop=True), "large": large}
+    truth = {"holdout": cohort.labels[split.holdout],
+             "large": schema.label_indices(large[schema.label_column])}
+    reported = schema.classes.index(schema.reported_class)
+    predictions: dict[str, dict[str, np.ndarray]] = {}
+
+    def by(model: object, pipeline: object) -> dict[str, np.ndarray]:
+        if isinstance(model, torch.nn.Module):
+            return {k: predict(model, torch.from_numpy(pipeline.transform(f))).numpy()
+                    for k, f in frames.items()}
+        return {k: model.predict(pipeline.transform(f)) for k, f in frames.items()}
+
+    predictions[BAYES] = {k: disease.posterior(f).argmax(1) for k, f in frames.items()}
+    chosen, ridge, model, pipeline = central_ordinal(disease, schema, train, y_train)
+    predictions[CENTRAL] = by(model, pipeline)
+    tuned = LogisticRegressionCV(Cs=np.logspace(-3, 1, 9), cv=5, max_iter=3000)
+    predictions[CENTRAL_LR] = by(tuned.fit(pipeline.transform(train), y_train), pipeline)
+    spec = disease.candidates[declaration.spec]
+    for row, privacy in ((DECLARED_ROW, None), (DECLARED_DP, PILOT_DP)):
+        predictions[row] = by(*node_trained(schema, spec, declaration.params, declaration.lr, ROUNDS, train,
+                                            y_train, seed, privacy))
+    predictions[PRETRAINED_DP] = by(*node_trained(schema, spec, declaration.params, declaration.lr, ROUNDS,
+                                                  train, y_train, seed, PILOT_DP, declaration.pretrained))
+    raw = schema.pipeline(FeatureSpec()).fit(train)
+    standard = LogisticRegressionCV(Cs=np.logspace(-3, 1, 9), cv=5, max_iter=3000)
+    predictions[STANDARD] = by(standard.fit(raw.transform(train), y_train), raw)
+    scores = {row: {k: (f1_score(truth[k], p[k], average="macro"),
+                        recall_score(truth[k], p[k], labels=[reported], average=None)[0]) for k in truth}
+              for row, p in predictions.items()}
+    return scores, f"'{chosen}', ridge {ridge}"
+
+
+def declared_study(n_seeds: int) -> None:
+    """Per disease, over cohort seeds: the Bayes ceiling, the best central model with the expert's
+    knowledge, the expert's declared submission trained as the node trains it (DP off, under the
+    pilot's DP, and pretrained on their own cohort under DP), and tuned logistic regression on the
+    raw columns. Prints markdown tables."""
+    from contract.dictionary import DataDictionary
+
+    for disease in diseases():
+        started = time.perf_counter()
+        large = disease.large()
+        schema = DataDictionary.from_yaml(disease.dictionary).resolve([str(c) for c in large.columns])
+        declaration = declare(disease, schema)
+        print(f"\n### {disease.name}: the expert declares '{declaration.spec}', lr {declaration.lr}, "
+              f"{declaration.params} (3-fold CV macro-F1 {declaration.cv_f1:.3f} on their own cohort "
+              "of 2,000)")
+        rows: dict[str, list[dict]] = defaultdict(list)
+        with tempfile.TemporaryDirectory(prefix="cohortfl-declared-") as tmp:
+            for seed in range(n_seeds):
+                scores, chosen = score_seed(disease, schema, declaration, seed, large, Path(tmp))
+                for row, value in scores.items():
+                    rows[row].append(value)
+                print(f"  seed {seed}: the central fit chose {chosen} "
+                      f"({time.perf_counter() - started:.0f} s)",
+                      file=sys.stderr, flush=True)
+        reported = schema.reported_class
+        print(f"\n| method | holdout macro-F1 | holdout {reported} recall | 10k-draw macro-F1 | 10k-draw "
+              f"{reported} recall |  (mean ± sd over {n_seeds} cohort seeds)\n|---|---|---|---|---|")
+        for row, values in rows.items():
+            print(f"| {row} | " + " | ".join(cell([v[k][i] for v in values])
+                                             for k in ("holdout", "large") for i in (0, 1)) + " |")
+        large_f1 = {row: np.array([v["large"][0] for v in values]) for row, values in rows.items()}
+        print("\n| gap on the 10k draw (paired by seed) | mean ± sd |\n|---|---|")
+        for label, a, b in (("declared minus central", DECLARED_ROW, CENTRAL),
+                            ("ceiling minus declared", BAYES, DECLARED_ROW),
+                            ("DP cost: declared under DP minus DP off", DECLARED_DP, DECLARED_ROW),
+                            ("pretraining under DP: pretrained minus from scratch", PRETRAINED_DP,
+                             DECLARED_DP)):
+            print(f"| {label} | {cell(list(large_f1[a] - large_f1[b]))} |")
+        print(f"({disease.name}: {time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def federated(seed: int, folder: Path) -> dict[str, tuple[float, float, float]]:
@@ -185,9 +447,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="cohort seeds (default 5)")
     parser.add_argument("--no-federated", action="store_true", help="skip the Flower runs")
+    parser.add_argument("--study", choices=("all", "references", "declared"), default="all",
+                        help="the demo's references, the declared study on both diseases, or both")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
+    if args.study in ("all", "declared"):
+        declared_study(args.seeds)
+    if args.study in ("all", "references"):
+        references_study(args)
+
+
+def references_study(args: argparse.Namespace) -> None:
+    """The demo's references (federated and central), the standard approaches, declared heads."""
     started = time.perf_counter()
     scale = LARGE / sum(CLASS_COUNTS.values())
     large = generate_cohort(seed=99_999, class_counts={c: round(n * scale) for c, n in CLASS_COUNTS.items()})
@@ -253,16 +525,18 @@ def main() -> None:
     print(f"({args.seeds} cohort seeds, {time.perf_counter() - started:.0f} s)")
 
 
+def cell(values: list[float]) -> str:
+    """``mean ± sd`` of the values that are numbers (one: itself; none: ``-``)."""
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
 def print_tables(results: dict[str, list[dict]], gaps: dict[str, list[float]], n_seeds: int) -> None:
     """Markdown: mean and sd over seeds of every method's scores; federated minus central."""
-    def cell(values: list[float]) -> str:
-        values = [v for v in values if v is not None and not np.isnan(v)]
-        if not values:
-            return "-"
-        if len(values) == 1:
-            return f"{values[0]:.3f}"
-        return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
-
     print(f"\n| method | out of the box | holdout macro-F1 | holdout Fast recall | "
           f"10k-draw macro-F1 | 10k-draw Fast recall |  (mean ± sd over {n_seeds} cohort seeds)")
     print("|---|---|---|---|---|---|")

@@ -273,7 +273,8 @@ def submit_all(overrides: list[str], demo: bool, verbose: bool,
             submissions = [with_pretrained_weights(e.submission, e.pretraining, job.output_dir / "pretrained")
                            if e.pretraining else e.submission for e in job.entries]
         if job.workspace.synthetic_seed is not None:
-            write_synthetic_cohort(job.workspace.cohort_path, job.workspace.synthetic_seed)
+            write_synthetic_cohort(job.workspace.cohort_path, job.workspace.synthetic_seed,
+                                   job.workspace.synthetic_disease)
         schema = check_cohort(job.node)  # in simulation this command is also the node's operator
         check_tracking_uri(job.node.tracking_uri)  # before any engine starts
         workspace = Workspace(job.node, job.workspace.experiment,
@@ -517,12 +518,17 @@ def submit_remote(package: Path, url: str, ca: Path | None, token_file: Path | N
     return 1
 
 
-def write_synthetic_cohort(path: Path, seed: int) -> None:
-    """Write the synthetic demo cohort where the node will read it."""
+def write_synthetic_cohort(path: Path, seed: int, disease: str = "demo") -> None:
+    """Write a synthetic cohort (the demo's disease, or the second one: ``myopathy``) where the
+    node will read it."""
     from synthetic.disease import generate_cohort
+    from synthetic.myopathy import generate_myopathy
 
+    draws = {"demo": generate_cohort, "myopathy": generate_myopathy}
+    if disease not in draws:
+        raise ValueError(f"cohort.disease must be one of {list(draws)}, not {disease!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = generate_cohort(seed)
+    table = draws[disease](seed)
     staging = path.with_name(f".{path.name}.{os.getpid()}")  # a node starting now reads it whole
     table.to_parquet(staging, index=False)
     os.replace(staging, path)

@@ -89,6 +89,8 @@ class WorkspaceSettings:
     synthetic_seed : int or None
         Seed of the synthetic cohort to write at ``cohort_path``; None when the
         cohort is a file the node already has.
+    synthetic_disease : {"demo", "myopathy"}
+        Which synthetic disease that cohort is drawn from.
     """
 
     experiment: str
@@ -96,6 +98,7 @@ class WorkspaceSettings:
     cohort_path: Path
     synthetic_seed: int | None
     signing_key: Path
+    synthetic_disease: str = "demo"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,8 @@ def load_job(overrides: list[str], demo: bool) -> Job:
             parallel_runs=int(cfg.workspace.parallel_runs),
             cohort_path=Path(str(cfg.cohort.path)).expanduser(),
             synthetic_seed=int(cfg.cohort.seed) if cfg.cohort.kind == "synthetic" else None,
-            signing_key=signing_key_path(cfg)),
+            signing_key=signing_key_path(cfg),
+            synthetic_disease=str(OmegaConf.select(cfg, "cohort.disease", default="demo"))),
         node=node_settings(cfg),
         entries=[entry_from_config(compose_config(o)) for o in each],
         output_dir=output_dir(cfg),

@@ -96,3 +96,85 @@ def test_the_external_centre_is_another_population(frame):
     shares = external[LABEL].value_counts(normalize=True).reindex(CLASSES).to_numpy()
     assert np.abs(shares - np.array(CLASS_SHARES)).max() > 0.03
     assert (external["antibody"] == "anti-Jo1").mean() > 0.4 > (frame["antibody"] == "anti-Jo1").mean()
+
+
+def test_an_experts_declaration_runs_on_the_node_under_its_pilot_rules(tmp_path):
+    """The second disease at the node, from its dictionary, under the pilot policy (DP on, metering,
+    reply whitelist): an ordinal linear model on pc1 gene-set scores, log labs and a categorical
+    modifier trains a round whose reply is its own weights and whitelisted metrics, and the board's
+    reported class is the dictionary's."""
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+    from mlflow.tracking import MlflowClient
+    from runs import node_run
+
+    from client.node import Node, check_cohort
+    from client.settings import CONF_DIR, NodeSettings, load_policy
+    from contract.names import TRAIN_REPLY_KEYS, Tag
+    from models import ModelSpec
+    from models.pipeline import FeatureSpec
+
+    path = tmp_path / "myopathy.parquet"
+    generate_myopathy(seed=0).to_parquet(path, index=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = MlflowClient(uri).create_experiment("m", artifact_location=str(tmp_path / "artifacts"))
+    settings = NodeSettings(data_path=str(path), tracking_uri=uri, state_dir=str(tmp_path / "state"),
+                            device="cpu", dictionary=str(DICTIONARY),
+                            policy=load_policy(CONF_DIR / "policy" / "pilot.yaml"))
+    assert settings.policy.dp_enabled
+    schema = check_cohort(settings)
+    node = Node(settings)
+    features = FeatureSpec(gene_sets={k: tuple(v) for k, v in myopathy_gene_sets().items()},
+                           gene_set_score="pc1", raw=("clinical", "labs"), transforms={"labs": ("log1p",)},
+                           interactions=("age_years", "sex=M", "antibody=anti-Jo1"),
+                           interaction_left="gene_sets")
+    run = node_run(contributor="D", submission_id=MlflowClient(uri).create_run(experiment).info.run_id,
+                   model=ModelSpec("linear", {"head": "ordinal", "l1": 0.002}), num_rounds=1,
+                   features=features, cohort_schema=schema.to_json())
+    initial = ArrayRecord({k: v.detach() for k, v in node.build(run)[0].state_dict().items()})
+    node.score_out_of_the_box(RecordDict({"arrays": initial}), run)
+    reply = node.train(RecordDict({"arrays": initial, "config": ConfigRecord(
+        {"lr": 0.1, "local-epochs": 1, "batch-size": 32, "server-round": 1})}), run)
+    assert set(reply["arrays"].keys()) == set(initial.keys())
+    assert set(reply["metrics"].keys()) <= TRAIN_REPLY_KEYS
+    node.score_fine_tuned(RecordDict({"arrays": reply["arrays"]}), run)
+    recorded = MlflowClient(uri).get_run(run.submission_id).data
+    assert recorded.tags[Tag.REPORTED_CLASS] == "refractory"
+    assert 0.0 <= recorded.metrics["holdout_fine_tuned_recall_refractory"] <= 1.0
+    assert recorded.metrics["holdout_fine_tuned_macro_f1"] > 0.25   # above chance for four classes
+
+
+def test_the_second_diseases_demo_composes_its_own_references(tmp_path):
+    from server.config import load_job
+
+    job = load_job(["cohort=myopathy", "demo=myopathy", f"output_dir={tmp_path}"], demo=True)
+    assert job.workspace.synthetic_disease == "myopathy" and Path(job.node.dictionary) == DICTIONARY
+    entries = {e.submission.contributor: e for e in job.entries}
+    assert set(entries) == {"internal", "D", "E"}
+    for name in ("D", "E"):
+        submission = entries[name].submission
+        assert submission.model.params["head"] == "ordinal" and "sex=M" in submission.features.interactions
+    assert entries["E"].pretraining.disease == "myopathy" and entries["D"].pretraining is None
+
+
+@pytest.mark.slow
+def test_the_second_disease_runs_end_to_end_through_flower(tmp_path):
+    """``cohortfl demo cohort=myopathy demo=myopathy`` on Flower's simulation engine, a real SQLite
+    MLflow store and the pilot policy (DP on): every reference finishes and the board reports the
+    dictionary's class."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "server.cli", "demo", "cohort=myopathy", "demo=myopathy",
+                           f"output_dir={tmp_path / 'out'}", "workspace.num_rounds=3"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    board = subprocess.run([sys.executable, "-m", "server.cli", "leaderboard", "--tracking-uri",
+                            f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}", "--format", "json"],
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    rows = {r["contributor"]: r for r in json.loads(board.stdout)}
+    assert set(rows) == {"internal", "D", "E"}
+    for row in rows.values():
+        assert 0.0 < row["fine_tuned_macro_f1"] <= 1.0 and "refractory_recall" in row
