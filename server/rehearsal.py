@@ -31,8 +31,9 @@ WHY = {
     "QFedAvg": "QFedAvg weights each node by its training loss, which the node sends only when "
                "differential privacy is off (an exact loss over the records would answer a crafted "
                "question outside DP's guarantee)",
-    "FedXgbBagging": "FedXgb* aggregate XGBoost trees serialised as bytes; the node trains the "
-                     "model registry's torch models and replies with float arrays",
+    "FedXgbBagging": "FedXgb* aggregate XGBoost trees serialised as bytes, and a tree's split "
+                     "thresholds are values taken from the training records; the node trains the "
+                     "model registry's torch models and replies with their float arrays",
     "DifferentialPrivacyClientSideFixedClipping":
         "client-side clipping needs Flower's clipping mod on the node; this node clips and adds "
         "noise itself (DP-SGD, see `cohortfl policy`): use a server-side wrapper or none",
