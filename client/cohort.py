@@ -60,7 +60,8 @@ def load_cohort(path: str | Path, dictionary: str | Path | None = None) -> Cohor
     path : str or Path
         A ``.csv`` or ``.parquet`` file.
     dictionary : str or Path, optional
-        The foundation's data dictionary (YAML) the file's columns are read with; by default the
+        The foundation's data dictionary (YAML) the file's columns are read with, or a schema it
+        published (``.json``: a contributor's own file in the published columns); by default the
         demo's shape (``SCHEMA``).
 
     Raises
@@ -72,11 +73,7 @@ def load_cohort(path: str | Path, dictionary: str | Path | None = None) -> Cohor
     """
     path = Path(path)
     frame = read_table(path)
-    schema = SCHEMA
-    if dictionary is not None:
-        from contract.dictionary import DataDictionary
-
-        schema = DataDictionary.from_yaml(dictionary).resolve([str(c) for c in frame.columns])
+    schema = SCHEMA if dictionary is None else schema_for(dictionary, [str(c) for c in frame.columns])
     validate_frame(frame, schema)
     labels = schema.label_indices(frame[schema.label_column])
     ids = tuple(map(str, frame[schema.id_column]))
@@ -110,10 +107,28 @@ def published_schema(path: Path | None, dictionary: Path | None) -> tuple[Cohort
     """
     if path is None or dictionary is None:
         return SCHEMA, None
-    from contract.dictionary import DataDictionary
-
     columns, n_records = _header(Path(path))
-    return DataDictionary.from_yaml(dictionary).resolve(columns), n_records
+    return schema_for(dictionary, columns), n_records
+
+
+def schema_for(dictionary: str | Path, columns: list[str]) -> CohortSchema:
+    """The schema a file with ``columns`` has under ``dictionary``: a data dictionary (YAML)
+    resolved against the columns, or a published schema (``.json``, ``cohortfl schema --json``) as
+    it is, which ``validate_frame`` then holds the file to.
+
+    Raises
+    ------
+    DictionaryError
+        The dictionary is malformed or does not fit the columns, or the JSON is not a published schema.
+    """
+    from contract.dictionary import DataDictionary, DictionaryError
+
+    if str(dictionary).endswith(".json"):
+        try:
+            return CohortSchema.from_json(Path(dictionary).read_text())
+        except ValueError as error:
+            raise DictionaryError(f"{dictionary}: {error}") from None
+    return DataDictionary.from_yaml(dictionary).resolve(columns)
 
 
 def _header(path: Path) -> tuple[list[str], int]:

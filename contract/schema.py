@@ -95,6 +95,8 @@ class CohortSchema:
             "id_column": self.id_column, "label_column": self.label_column, "classes": list(self.classes),
             "reported_class": self.reported_class, "numeric": list(self.numeric),
             "categorical": {k: list(v) for k, v in self.categorical.items()},
+            # the keys above are sorted; a pipeline one-hot encodes in the dictionary's order
+            "categorical_order": list(self.categorical),
             "groups": self.groups.to_mapping(), "may_be_missing": list(self.may_be_missing)},
             sort_keys=True, separators=(",", ":"))
 
@@ -111,7 +113,8 @@ class CohortSchema:
             data = json.loads(text)
             groups = data["groups"]
             return cls(numeric=tuple(map(str, data["numeric"])),
-                       categorical={str(k): tuple(map(str, v)) for k, v in data["categorical"].items()},
+                       categorical={str(k): tuple(map(str, data["categorical"][k])) for k in
+                                    data.get("categorical_order", data["categorical"])},
                        id_column=str(data["id_column"]), label_column=str(data["label_column"]),
                        classes=tuple(map(str, data["classes"])), reported_class=str(data["reported_class"]),
                        groups=ColumnGroups({str(k): str(v) for k, v in groups["of"].items()},

@@ -100,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "or a data dictionary (.yaml); default: the demo's shape")
     own.add_argument("--epochs", type=int, default=30)
     own.add_argument("--lr", type=float, default=None, help="default: the package's lr")
+    synth = commands.add_parser("synthesize", help="a synthetic cohort in a published shape, to try a "
+                                "package on before sending it")
+    synth.add_argument("--schema", type=Path, default=None,
+                       help="the published schema (.json, `cohortfl schema --json`); default: the "
+                            "demo's shape")
+    synth.add_argument("--out", type=Path, required=True, help="the cohort file to write (.parquet or .csv)")
+    synth.add_argument("--records", type=int, default=640)
+    synth.add_argument("--seed", type=int, default=0)
     board = commands.add_parser("leaderboard", help="print the leaderboard from an MLflow store")
     board.add_argument("--tracking-uri", default=None,
                        help="MLflow store (default: sqlite:///cohortfl-demo/mlflow.db)")
@@ -210,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_policy(args.overrides)
     if args.command == "new":
         return new_package(args.folder)
+    if args.command == "synthesize":
+        return synthesize(args.schema, args.out, args.records, args.seed)
     if args.command == "pretrain":
         return pretrain(args.folder, args.cohort, args.schema, args.epochs, args.lr)
     if args.command == "publish":
@@ -397,6 +407,34 @@ def new_package(folder: Path) -> int:
     print(f"try it on the local engine (synthetic cohort):\n  cohortfl submit {folder} "
           f"--contributor YOUR_NAME\nthen send it to the foundation's workspace:\n  cohortfl submit "
           f"{folder} --workspace URL --ca ca.crt --token-file YOUR.token")
+    return 0
+
+
+def synthesize(schema_path: Path | None, out: Path, n_records: int, seed: int) -> int:
+    """``cohortfl synthesize``: a synthetic cohort with a published schema's columns, levels and classes."""
+    from contract.schema import SCHEMA, CohortSchema
+    from synthetic.shaped import draw_shaped
+
+    try:
+        if out.suffix not in (".parquet", ".csv"):
+            raise ValueError(f"--out must end in .parquet or .csv, not '{out.suffix}'")
+        if out.exists():
+            raise ValueError(f"{out} exists; nothing was written")
+        schema = SCHEMA if schema_path is None else CohortSchema.from_json(schema_path.read_text())
+        table = draw_shaped(schema, n_records, seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".parquet":
+            table.to_parquet(out, index=False)
+        else:
+            table.to_csv(out, index=False)
+    except (ValueError, OSError) as ex:
+        print(f"cohortfl: {ex}", file=sys.stderr)
+        return 2
+    given = f" cohort.dictionary={schema_path.resolve()}" if schema_path else ""
+    print(f"wrote {out}: {len(table)} synthetic records in the schema's {len(schema.feature_columns)} "
+          f"feature columns and classes {', '.join(schema.classes)} (generic values: nothing of the "
+          f"foundation's records)\ntry a package on it:\n  cohortfl submit PACKAGE --contributor NAME "
+          f"cohort=file cohort.path={out.resolve()}{given}")
     return 0
 
 

@@ -72,13 +72,8 @@ def own_cohort(pretraining: Pretraining) -> tuple[pd.DataFrame, np.ndarray, Coho
     ValueError
         An unknown synthetic disease.
     """
-    from client.cohort import load_cohort, read_table, validate_frame
+    from client.cohort import load_cohort
 
-    if pretraining.cohort_file is not None and str(pretraining.dictionary).endswith(".json"):
-        schema = CohortSchema.from_json(Path(pretraining.dictionary).read_text())
-        frame = read_table(Path(pretraining.cohort_file))
-        validate_frame(frame, schema)
-        return frame, schema.label_indices(frame[schema.label_column]), schema
     if pretraining.cohort_file is not None:
         cohort = load_cohort(pretraining.cohort_file, pretraining.dictionary)
         return cohort.frame, cohort.labels, cohort.schema
