@@ -25,6 +25,7 @@ standard of care.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -195,17 +196,25 @@ def generate_cohort(seed: int = 0, class_counts: dict[str, int] | None = None,
     rng = np.random.default_rng(seed)
     batch = site.gene_batch_sd * np.random.default_rng(10_000 + seed).standard_normal(len(GENE_COLUMNS))
     cuts = _site_thresholds(truth, site)
-    kept: list[pd.DataFrame] = []
-    need = dict(counts)
-    while any(need.values()):
-        frame = _draw_patients(truth, site, cuts, batch, 4 * sum(counts.values()), rng)
-        for name in CLASSES:
-            take = frame[frame[LABEL_COLUMN] == name].iloc[:need[name]]
-            need[name] -= len(take)
-            kept.append(take)
-    table = pd.concat(kept).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    table = with_class_counts(lambda: _draw_patients(truth, site, cuts, batch, 4 * sum(counts.values()), rng),
+                              LABEL_COLUMN, {c: counts[c] for c in CLASSES}, seed)
     table.insert(0, ID_COLUMN, [f"P{seed:03d}-{i:05d}" for i in range(len(table))])
     return table
+
+
+def with_class_counts(draw: Callable[[], pd.DataFrame], label: str, counts: dict[str, int], seed: int
+                      ) -> pd.DataFrame:
+    """Patients from ``draw`` (a batch of the population each call) kept until every class has its
+    count, in ``counts``' order, then shuffled by ``seed``: each class keeps its population
+    distribution of features."""
+    kept, need = [], dict(counts)
+    while any(need.values()):
+        frame = draw()
+        for name in counts:
+            take = frame[frame[label] == name].iloc[:need[name]]
+            need[name] -= len(take)
+            kept.append(take)
+    return pd.concat(kept).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
 def generate_external_cohort(seed: int, n_records: int = 2000, site: Site = EXTERNAL,

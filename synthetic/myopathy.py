@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from synthetic.disease import with_class_counts
+
 DICTIONARY = Path(__file__).resolve().parents[1] / "conf" / "dictionary" / "myopathy.yaml"
 ID, LABEL = "subject", "course"
 CLASSES = ("remission", "stable", "progressive", "refractory")
@@ -269,16 +271,13 @@ def generate_myopathy(seed: int = 0, n_records: int = N_RECORDS, external: bool 
     else:
         counts = np.floor(np.array(CLASS_SHARES) * n_records).astype(int)
         counts[0] += n_records - counts.sum()
-        need, kept = dict(zip(CLASSES, counts, strict=True)), []
-        while any(need.values()):
+        def draw() -> pd.DataFrame:
             patients = _draw_patients(truth, 4 * n_records, rng, external=False)
             frame = _table(truth, patients, rng, batch)
             frame[LABEL] = np.asarray(CLASSES)[np.searchsorted(truth.thresholds, _score(patients, rng))]
-            for name in CLASSES:
-                take = frame[frame[LABEL] == name].iloc[:need[name]]
-                need[name] -= len(take)
-                kept.append(take)
-        table = pd.concat(kept).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+            return frame
+
+        table = with_class_counts(draw, LABEL, dict(zip(CLASSES, map(int, counts), strict=True)), seed)
     table.insert(0, ID, [f"M{seed:03d}-{i:05d}" for i in range(len(table))])
     return table
 
