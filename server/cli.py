@@ -91,13 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     new = commands.add_parser("new", help="write an example submission package that runs")
     new.add_argument("folder", type=Path, help="a new (or empty) folder")
     own = commands.add_parser("pretrain", help="pretrain a package's model on your own cohort: writes "
-                                   "its initial.npz")
+                              "its initial.npz")
     own.add_argument("folder", type=Path, help="the submission package")
     own.add_argument("--cohort", type=Path, required=True,
-                          help="your own cohort file (.csv or .parquet) in the node's published columns")
+                     help="your own cohort file (.csv or .parquet) in the node's published columns")
     own.add_argument("--schema", type=Path, default=None,
-                          help="what it follows: the published schema (.json, `cohortfl schema --json`) "
-                               "or a data dictionary (.yaml); default: the demo's shape")
+                     help="what it follows: the published schema (.json, `cohortfl schema --json`) "
+                          "or a data dictionary (.yaml); default: the demo's shape")
     own.add_argument("--epochs", type=int, default=30)
     own.add_argument("--lr", type=float, default=None, help="default: the package's lr")
     synth = commands.add_parser("synthesize", help="a synthetic cohort in a published shape, to try a "
