@@ -81,9 +81,10 @@ def node_command(*args: str) -> list[str]:
 
 
 def start_loopback(root: Path, contributors: tuple[str, ...] = ("alice",), cohort_seed: int = 0,
-                   log=print, **workspace) -> Loopback:
+                   log=print, holdout_fraction: float | None = None, **workspace) -> Loopback:
     """Bring the workspace and one node up on loopback; the caller stops them.
 
+    ``holdout_fraction`` goes to the node's config (each record's side fixed as the cohort grows);
     ``workspace`` goes to ``WorkspaceService`` (``limits``, ``overrides``, ...)."""
     from synthetic.disease import generate_cohort
 
@@ -107,7 +108,8 @@ def start_loopback(root: Path, contributors: tuple[str, ...] = ("alice",), cohor
             "tracking-uri": workspace.tracking_uri, "tracking-credentials": str(account),
             "workspace-key": str(workspace.layout.grant_public_key),
             "superlink": f"127.0.0.1:{workspace.fleet_port}",
-            "root-certificates": str(workspace.layout.ca)}), encoding="utf-8")
+            "root-certificates": str(workspace.layout.ca),
+            **({"holdout-fraction": holdout_fraction} if holdout_fraction else {})}), encoding="utf-8")
         key = subprocess.run(node_command("--config", str(config), "--key-only"), capture_output=True,
                              text=True, timeout=300)
         if key.returncode != 0:

@@ -62,7 +62,7 @@ def deployment(tmp_path_factory):
     cohort.to_parquet(root / "node" / "cohort.parquet", index=False)
     started = start_loopback(root, contributors=CONTRIBUTORS, log=lambda *_: None,
                              limits=SandboxLimits(wall_seconds=WALL_SECONDS, reply_seconds=REPLY_SECONDS),
-                             overrides=(f"workspace.num_rounds={ROUNDS}",))
+                             overrides=(f"workspace.num_rounds={ROUNDS}",), holdout_fraction=0.2)
     try:
         yield started
     finally:
@@ -512,3 +512,32 @@ def test_mlflow_down_at_the_final_score_loses_nothing(deployment):
     assert {"holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1", "compute_flops",
             "importance_top_group"} <= set(run.data.metrics)
     assert outbox_size(deployment) == 0
+
+
+def test_the_foundation_rescores_past_runs_on_a_grown_cohort_in_the_deployed_store(deployment):
+    """Last in this module: the foundation stops its node, adds 160 records to its cohort and runs
+    `cohortfl rescore --config node.yaml`, which writes through TLS and the node's own MLflow account:
+    every finished run gets a new run on cohort version 2, with both scores."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from server.deployment import stop_process
+    from synthetic.disease import generate_cohort
+
+    stop_process(deployment.node)
+    cohort = deployment.root / "node" / "cohort.parquet"
+    grown = pd.concat([pd.read_parquet(cohort), generate_cohort(1).iloc[:160]], ignore_index=True)
+    grown.to_parquet(cohort, index=False)
+    own_account = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # not the admin's
+    done = subprocess.run([sys.executable, "-m", "server.cli", "rescore", "--config",
+                           str(deployment.root / "node" / "node.yaml")], capture_output=True, text=True,
+                          timeout=600, env=own_account)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    client = MlflowClient(deployment.workspace.tracking_uri)  # the test's admin account reads them all
+    experiments = [e.experiment_id for e in client.search_experiments()]  # one per contributor
+    rescored = client.search_runs(experiments, "tags.`cohortfl.rescore_of` != ''")
+    assert FINISHED_RUNS["alice"] in {r.data.tags["cohortfl.rescore_of"] for r in rescored}, done.stdout
+    for run in rescored:
+        assert run.data.params["cohort_version"] == "2" and run.info.status == "FINISHED"
+        assert {"holdout_out_of_the_box_macro_f1", "holdout_fine_tuned_macro_f1"} <= set(run.data.metrics)
+    assert f"{len(rescored)} run(s) rescored" in done.stdout
