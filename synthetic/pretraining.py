@@ -58,7 +58,7 @@ class Pretraining:
     disease: str = "demo"
 
 
-#: The synthetic diseases a contributor's own cohort can be drawn from, and their dictionaries.
+#: The synthetic diseases a contributor's own cohort can be drawn from (without a file).
 DISEASES = ("demo", "myopathy")
 
 
