@@ -10,10 +10,11 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from client.cohort import schema_for
 from client.errors import PolicyViolation
 from client.policy import check_model, feature_pipeline
 from client.settings import CONF_DIR, load_policy
-from contract.schema import SCHEMA
+from contract.schema import SCHEMA, CohortSchema
 from contract.submission import RUN_CONFIG_KEYS
 from models import build_for
 from server.app import build_strategy
@@ -34,18 +35,34 @@ def test_every_strategy_instantiates_with_real_node_minimums(name):
     assert type(strategy).__name__ == cfg.strategy._target_.rsplit(".", 1)[-1]
 
 
+#: Feature specs written for a cohort other than the demo's, and that cohort's config option.
+COHORT_OF_FEATURES = {"myopathy": "myopathy"}
+
+
+def _schema_of(cohort: str) -> CohortSchema:
+    """The schema of a synthetic cohort option, from its dictionary and its generator's header."""
+    if cohort != "myopathy":
+        return SCHEMA
+    from synthetic.myopathy import DICTIONARY, generate_myopathy
+
+    return schema_for(DICTIONARY, list(generate_myopathy(0, n_records=20).columns))
+
+
 @pytest.mark.parametrize("features", options("features"))
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_builds_on_every_feature_pipeline_within_the_policy(name, features):
-    cfg = compose_config([f"model={name}", f"features={features}"])
+    cohort = COHORT_OF_FEATURES.get(features, "synthetic")
+    cfg = compose_config([f"model={name}", f"features={features}", f"cohort={cohort}"])
     sub = entry_from_config(cfg).submission
-    pipeline = feature_pipeline(sub.features)
-    if name == "pathway" and features == "gene_sets":  # the gene-set layer needs the single genes
+    schema = _schema_of(cohort)
+    pipeline = feature_pipeline(sub.features, schema)
+    # the gene-set layer needs the single genes; the pathway option's sets name the demo's genes
+    if name == "pathway" and (features == "gene_sets" or cohort != "synthetic"):
         with pytest.raises(PolicyViolation, match="model-spec"):
-            check_model(sub.model, node_settings(cfg).policy, pipeline, len(SCHEMA.classes))
+            check_model(sub.model, node_settings(cfg).policy, pipeline, len(schema.classes))
         return
-    check_model(sub.model, node_settings(cfg).policy, pipeline, len(SCHEMA.classes))
-    model = build_for(sub.model, pipeline, len(SCHEMA.classes))
+    check_model(sub.model, node_settings(cfg).policy, pipeline, len(schema.classes))
+    model = build_for(sub.model, pipeline, len(schema.classes))
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
