@@ -31,10 +31,10 @@ SIZES = ("150x50", "150x20000", "6400x2000", "6400x20000", "100000x50", "100000x
 
 
 def make(records: int, genes: int, path: Path) -> None:
-    """Write the registry cohort of one size."""
-    from synthetic.registry import generate_registry
+    """Write the registry cohort of one size (a row group at a time)."""
+    from synthetic.registry import write_registry
 
-    generate_registry(0, n_records=records, n_genes=genes).to_parquet(path)
+    write_registry(path, 0, n_records=records, n_genes=genes)
 
 
 def measure(records: int, genes: int, model_name: str, path: Path) -> dict[str, float]:

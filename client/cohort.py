@@ -7,7 +7,8 @@ every broken rule at once, naming columns and rules but never cell values.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,6 @@ from sklearn.model_selection import train_test_split
 
 from client.errors import CohortValidationError
 from contract.schema import SCHEMA, CohortSchema
-
-_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,9 @@ class Cohort:
     digest: str
     schema: CohortSchema = SCHEMA
     ids: tuple[str, ...] = ()  # each record's id, in row order (a stable split hashes them)
+    #: The numeric columns' float32 values, shape (n_numeric, n_records): ``frame``'s numeric
+    #: columns are views of it (``arrange`` reorders its records in place).
+    block: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -72,16 +74,32 @@ def load_cohort(path: str | Path, dictionary: str | Path | None = None) -> Cohor
         The dictionary is malformed or does not fit the file's columns.
     """
     path = Path(path)
-    frame = read_table(path)
-    schema = SCHEMA if dictionary is None else schema_for(dictionary, [str(c) for c in frame.columns])
+    schema = SCHEMA if dictionary is None else schema_for(dictionary, _header(path)[0])
+    frame, block = read_table(path, schema.numeric)
     validate_frame(frame, schema)
     labels = schema.label_indices(frame[schema.label_column])
     ids = tuple(map(str, frame[schema.id_column]))
-    order, kept = list(schema.feature_columns), set(schema.feature_columns)
-    frame = frame.drop(columns=[c for c in frame.columns if c not in kept])
-    if list(frame.columns) != order:
-        frame = frame[order]
-    return Cohort(frame.reset_index(drop=True), labels, _file_digest(path), schema, ids)
+    kept = set(schema.feature_columns)  # the numeric block is first, in schema order: a view
+    frame = frame.drop(columns=[c for c in frame.columns if c not in kept])[list(schema.feature_columns)]
+    return Cohort(frame.reset_index(drop=True), labels, _file_digest(path), schema, ids, block)
+
+
+def arrange(cohort: Cohort, split: Split) -> Cohort:
+    """The cohort with its training records first and its holdout's after (each in file order), so
+    that both parts are row slices of one block, not copies of the table: the numeric block is
+    reordered in place, a column at a time. ``cohort`` must not be used after."""
+    order = np.concatenate([split.train, split.holdout])
+    labels, ids = cohort.labels[order], tuple(cohort.ids[i] for i in order) if cohort.ids else ()
+    if cohort.block is None:  # a table built another way: a copy
+        return Cohort(cohort.frame.iloc[order].reset_index(drop=True), labels, cohort.digest,
+                      cohort.schema, ids)
+    for column in cohort.block:
+        column[:] = column[order]
+    in_schema = set(cohort.schema.numeric)
+    numeric = [c for c in cohort.frame.columns if c in in_schema]
+    rest = cohort.frame.drop(columns=numeric).iloc[order].reset_index(drop=True)
+    frame = pd.concat([pd.DataFrame(cohort.block.T, columns=numeric, copy=False), rest], axis=1)
+    return Cohort(frame, labels, cohort.digest, cohort.schema, ids, cohort.block)
 
 
 def _file_digest(path: Path) -> str:
@@ -134,42 +152,98 @@ def schema_for(dictionary: str | Path, columns: list[str]) -> CohortSchema:
 def _header(path: Path) -> tuple[list[str], int]:
     """A cohort file's column names and number of records, without reading its cells (Parquet:
     its footer; CSV: one column)."""
-    if not path.is_file():
-        raise CohortValidationError([f"no cohort file at {path}"])
+    _check_file(path)
     try:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
             meta = pq.ParquetFile(path).metadata
             return [str(c) for c in meta.schema.names], meta.num_rows
-        if path.suffix.lower() == ".csv":
-            columns = [str(c) for c in pd.read_csv(path, nrows=0).columns]
-            return columns, len(pd.read_csv(path, usecols=[0]))
-    except Exception as ex:  # the reader's message may quote file content
-        raise CohortValidationError(
-            [f"the file could not be parsed as {path.suffix} ({type(ex).__name__})"]) from None
-    raise CohortValidationError([f"unsupported file type '{path.suffix}': use .csv or .parquet"])
+        columns = [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        return columns, len(pd.read_csv(path, usecols=[0]))
+    except Exception as ex:
+        raise _unparsable(path, ex) from None
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A cohort file's table, unchecked.
+def read_table(path: Path, numeric: tuple[str, ...] = ()) -> tuple[pd.DataFrame, np.ndarray]:
+    """A cohort file's table, unchecked, and the block its ``numeric`` columns share.
+
+    The columns of ``numeric`` the file holds as numbers come first, in that order, as views of one
+    float32 block of shape (n_columns, n_records) filled a few columns at a time (Parquet): the
+    table's memory is that block, not the reader's buffers beside it. Every other column follows in
+    the file's order, as read (a numeric column holding text stays text, for validation to name).
 
     Raises
     ------
     CohortValidationError
         The file is missing, of another type, or unreadable (never quoting its content).
     """
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
+    _check_file(path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            return _read_parquet(path, set(numeric), numeric)
+        return _numeric_first(pd.read_csv(path), numeric)
+    except CohortValidationError:
+        raise
+    except Exception as ex:
+        raise _unparsable(path, ex) from None
+
+
+def _check_file(path: Path) -> None:
+    if path.suffix.lower() not in (".csv", ".parquet"):
         raise CohortValidationError([f"unsupported file type '{path.suffix}': use .csv or .parquet"])
     if not path.is_file():
         raise CohortValidationError([f"no cohort file at {path}"])
-    try:
-        return reader(path)
-    except Exception as ex:  # the reader's message may quote file content
-        raise CohortValidationError(
-            [f"the file could not be parsed as {path.suffix} ({type(ex).__name__})"]
-        ) from None
+
+
+def _unparsable(path: Path, error: Exception) -> CohortValidationError:
+    """The reader's failure, by its type only: its message may quote the file's content."""
+    return CohortValidationError([f"the file could not be parsed as {path.suffix} ({type(error).__name__})"])
+
+
+#: Cells a part of the table holds when it is read or checked a few columns at a time (32 MB
+#: of float64): the buffer beside the table.
+PART_CELLS = 2**22
+
+
+def _part_columns(n_records: int) -> int:
+    """Columns in a part of ``PART_CELLS`` cells."""
+    return max(1, PART_CELLS // max(n_records, 1))
+
+
+def _read_parquet(path: Path, wanted: set[str], numeric: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+    """``read_table`` for Parquet: the numeric block filled ``READ_COLUMNS`` at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    schema = file.schema_arrow
+    types = {name: schema.field(name).type for name in schema.names}
+    is_number = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)
+    in_block = [c for c in numeric if c in types and any(test(types[c]) for test in is_number)]
+    block = np.empty((len(in_block), file.metadata.num_rows), np.float32)
+    size = _part_columns(file.metadata.num_rows)
+    for start in range(0, len(in_block), size):
+        part = file.read(columns=in_block[start:start + size], use_threads=False)
+        for i, column in enumerate(part.columns, start):
+            block[i] = column.to_numpy().astype(np.float32, copy=False) if column.null_count == 0 else \
+                column.cast(pa.float32()).to_numpy(zero_copy_only=False)
+        del part
+    placed = set(in_block)
+    rest = file.read(columns=[c for c in schema.names if c not in placed]).to_pandas().reset_index(drop=True)
+    numbers = pd.DataFrame(block.T, columns=in_block, copy=False)
+    return pd.concat([numbers, rest], axis=1), block
+
+
+def _numeric_first(frame: pd.DataFrame, numeric: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+    """``read_table``'s layout for a table already read whole (CSV)."""
+    dtypes = frame.dtypes
+    in_block = [c for c in numeric if c in frame.columns and pd.api.types.is_numeric_dtype(dtypes[c])]
+    block = np.empty((len(in_block), len(frame)), np.float32)
+    for i, column in enumerate(in_block):
+        block[i] = frame[column].to_numpy(np.float32)
+    numbers = pd.DataFrame(block.T, columns=in_block, copy=False)
+    return pd.concat([numbers, frame.drop(columns=in_block)], axis=1), block
 
 
 #: Records of each class the training split and the holdout need, so that every class's recall and
@@ -192,7 +266,7 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
                         "the schema's column names")
     present = [c for c in schema.all_columns if c in found]
     allowed = set(schema.may_be_missing)
-    nan_columns = set(frame.columns[frame.isna().any().to_numpy()])
+    nan_columns = {c for part in _parts(frame, list(frame.columns)) for c in part.columns[part.isna().any()]}
     with_nan = [c for c in present if c not in allowed and c in nan_columns]
     if with_nan:
         problems.append(f"missing values in column(s): {_names(with_nan)} (the data dictionary's "
@@ -202,7 +276,7 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
     if not_numeric:
         problems.append(f"non-numeric values in numeric column(s): {_names(not_numeric)}")
     numeric_ok = [c for c in schema.numeric if c in found and c not in set(not_numeric)]
-    if numeric_ok and np.isinf(frame[numeric_ok]).to_numpy().any():  # block by block, a boolean mask
+    if any(np.isinf(part.to_numpy(np.float64)).any() for part in _parts(frame, numeric_ok)):
         problems.append("infinite values in numeric column(s)")
     for column, levels in schema.categorical.items():
         if column in frame.columns and not frame[column].dropna().isin(levels).all():
@@ -213,7 +287,7 @@ def validate_frame(frame: pd.DataFrame, schema: CohortSchema = SCHEMA) -> None:
     if schema.id_column in frame.columns and frame[schema.id_column].duplicated().any():
         problems.append(f"duplicate values in '{schema.id_column}': each record needs its own id")
     features = [c for c in schema.feature_columns if c in frame.columns]
-    if features and _has_duplicate_rows(frame[features]):
+    if features and _has_duplicate_rows(frame, features):
         problems.append("duplicate records: two or more rows have identical features")
     if problems:
         raise CohortValidationError(problems)
@@ -263,12 +337,22 @@ def split_cohort(
     return Split(train=np.sort(train), holdout=np.sort(holdout))
 
 
-def _has_duplicate_rows(frame: pd.DataFrame) -> bool:
-    """Two rows with identical values: rows are hashed column by column (memory of one column),
-    and only rows whose hashes collide are compared whole."""
-    hashes = pd.util.hash_pandas_object(frame, index=False)
-    candidates = hashes.duplicated(keep=False).to_numpy()
-    return bool(candidates.any() and frame.loc[candidates].duplicated().any())
+def _has_duplicate_rows(frame: pd.DataFrame, columns: list[str]) -> bool:
+    """Two rows with identical values in ``columns``: rows are hashed a part of the columns at a
+    time (the memory of one part), and only rows whose hashes collide are compared whole."""
+    hashes = np.zeros(len(frame), np.uint64)
+    for part in _parts(frame, columns):
+        hashes = hashes * np.uint64(1_000_003) ^ pd.util.hash_pandas_object(part, index=False).to_numpy()
+    candidates = pd.Series(hashes).duplicated(keep=False).to_numpy()
+    return bool(candidates.any() and frame.loc[candidates, columns].duplicated().any())
+
+
+def _parts(frame: pd.DataFrame, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """``frame``'s ``columns``, about ``PART_CELLS`` values at a time: a check over all of them holds
+    one part's temporaries (a boolean mask, a float64 copy), not the whole table's."""
+    size = _part_columns(len(frame))
+    for start in range(0, len(columns), size):
+        yield frame[columns[start:start + size]]
 
 
 def _unit_hash(seed: int, record_id: str) -> float:

@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import nn
 
-from client.cohort import load_cohort, split_cohort
+from client.cohort import arrange, load_cohort, split_cohort
 from client.errors import NodeError, PolicyViolation, ReplyRefused
 from client.holdout import (
     HoldoutScores,
@@ -129,18 +129,20 @@ class ResidentCohort:
         #: Identifies this holdout: the same file, size and split seed give the same records.
         self.holdout_key = (f"{cohort.digest}:{settings.holdout_fraction or settings.holdout_size}:"
                             f"{settings.split_seed}")
-        self.n_records = len(cohort)
-        self.train_frame = cohort.frame.iloc[split.train].reset_index(drop=True)
-        self.holdout_frame = cohort.frame.iloc[split.holdout].reset_index(drop=True)
-        ids = cohort.ids or tuple(map(str, range(len(cohort))))
-        self.holdout_ids = tuple(ids[i] for i in split.holdout)
-        self.train_ids = frozenset(ids[i] for i in split.train)
+        self.n_records, n_train = len(cohort), len(split.train)
+        if not cohort.ids:
+            cohort = replace(cohort, ids=tuple(map(str, range(len(cohort)))))
+        cohort = arrange(cohort, split)  # training records first: both parts are views of one block
+        self.train_frame = cohort.frame.iloc[:n_train]
+        self.holdout_frame = cohort.frame.iloc[n_train:].reset_index(drop=True)
+        self.holdout_ids = cohort.ids[n_train:]
+        self.train_ids = frozenset(cohort.ids[:n_train])
         #: One hash per holdout record (its id, label and values): how two versions' holdouts differ.
         self.holdout_rows = {f"{record}\t{label}\t{value:016x}" for record, label, value in zip(
-            self.holdout_ids, cohort.labels[split.holdout],
+            self.holdout_ids, cohort.labels[n_train:],
             pd.util.hash_pandas_object(self.holdout_frame, index=False).to_numpy(), strict=True)}
-        self.y_train = torch.from_numpy(cohort.labels[split.train]).to(self.device)
-        self.y_holdout = torch.from_numpy(cohort.labels[split.holdout]).to(self.device)
+        self.y_train = torch.from_numpy(cohort.labels[:n_train].copy()).to(self.device)
+        self.y_holdout = torch.from_numpy(cohort.labels[n_train:].copy()).to(self.device)
         self._views: dict[str, FeatureView] = {}
         self.standard = self.view(FeatureSpec())
 

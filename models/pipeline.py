@@ -21,6 +21,9 @@ from models.genesets import first_component, rank_scores
 
 __all__ = ["FeaturePipeline", "FeatureSpec", "FeatureSpecError"]
 
+#: Values a part of the table holds while it is copied into the matrix (8 MB as float64).
+PART_CELLS = 2**20
+
 
 class FeaturePipeline:
     """Standardised raw columns, one-hot categoricals, gene-set scores and interactions.
@@ -96,7 +99,7 @@ class FeaturePipeline:
             The spec does not fit the numeric columns.
         """
         self.spec.validate(self.numeric, self.groups, self.categorical)
-        values = frame[self.numeric].to_numpy(dtype=np.float32, copy=True)
+        values = self._numeric_values(frame, np.empty((len(frame), len(self.numeric)), np.float32))
         self.fill_ = {}
         for i in self._column_index([c for c in self.missing if c not in self.categorical]):
             observed = values[:, i][~np.isnan(values[:, i])].astype(np.float64)
@@ -127,9 +130,14 @@ class FeaturePipeline:
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Return the float32 feature matrix, shape (len(frame), n_features).
 
-        Computed in float64 column groups' statistics but float32 values, in place where it can:
-        its memory is about twice the matrix it returns."""
-        values = frame[self.numeric].to_numpy(dtype=np.float32, copy=True)
+        Computed in float64 column groups' statistics but float32 values, in place in the matrix
+        it returns: its memory is that matrix (and a copy of the numeric columns when the spec keeps
+        only some of them raw)."""
+        raw = self._raw_index()
+        out = np.empty((len(frame), self.n_features), np.float32)
+        every_raw = len(raw) == len(self.numeric)
+        values = self._numeric_values(frame, out[:, :len(raw)] if every_raw else
+                                      np.empty((len(frame), len(self.numeric)), np.float32))
         for i, fill in self.fill_.items():
             values[np.isnan(values[:, i]), i] = fill
         for i, steps, fitted in self.transforms_:
@@ -138,13 +146,14 @@ class FeaturePipeline:
                 column_values = _apply_step(step, statistics, column_values)
             values[:, i] = column_values
         standardised, scores = self._standardise_and_score(values)
-        raw = self._raw_index()
-        blocks = [standardised if len(raw) == len(self.numeric) else standardised[:, raw]]
+        if not every_raw:
+            out[:, :len(raw)] = standardised[:, raw]
+        blocks = []
         for column, levels in self.categorical.items():
             codes = pd.Categorical(frame[column], categories=levels).codes
             blocks.append(np.vstack([np.eye(len(levels)), np.zeros(len(levels))])[codes])
         scores = (scores - self.score_mean_) / self.score_scale_
-        blocks.append(scores.astype(np.float32))
+        blocks.append(scores)
         if self.spec.interactions:
             by_sets = self.spec.interaction_left == "gene_sets"
             left = scores if by_sets else standardised[:, self._signatures()]
@@ -152,9 +161,19 @@ class FeaturePipeline:
             blocks.append((left[:, :, None] * right[:, None, :]).reshape(len(frame), -1))
         if self.spec.missing_indicators and self.missing:
             blocks.append(frame[self.missing].isna().to_numpy(np.float32))
-        if len(blocks) == 1 or all(b.shape[1] == 0 for b in blocks[1:]):
-            return np.ascontiguousarray(blocks[0], dtype=np.float32)
-        return np.hstack(blocks, dtype=np.float32)
+        start = len(raw)
+        for block in blocks:
+            out[:, start:start + block.shape[1]] = block
+            start += block.shape[1]
+        return out
+
+    def _numeric_values(self, frame: pd.DataFrame, out: np.ndarray) -> np.ndarray:
+        """The numeric columns' values copied into ``out`` (float32), about ``PART_CELLS`` values at
+        a time: no other copy of the table beside it."""
+        part = _part_rows(len(frame))  # columns of len(frame) rows
+        for start in range(0, len(self.numeric), part):
+            out[:, start:start + part] = frame[self.numeric[start:start + part]].to_numpy(np.float32)
+        return out
 
     def _modifiers(self, frame: pd.DataFrame, standardised: np.ndarray) -> np.ndarray:
         """The right sides of the interactions, shape (n_records, n_interactions): a numeric column's
@@ -178,7 +197,10 @@ class FeaturePipeline:
         if kind == "rank":
             genes = self._column_index(self.groups.gene_columns())
             position = {column: i for i, column in enumerate(genes)}
-            scores = rank_scores(values[:, genes], [np.array([position[i] for i in m]) for m in members])
+            # a few rows at a time: ranking holds about 6 float64 copies of what it ranks
+            index, rows = [np.array([position[i] for i in m]) for m in members], _part_rows(8 * len(genes))
+            scores = np.vstack([rank_scores(values[start:start + rows, genes], index)
+                                for start in range(0, max(len(values), 1), rows)])
         values -= self.mean_.astype(np.float32)
         values /= self.scale_.astype(np.float32)
         if kind == "pc1":
@@ -238,15 +260,21 @@ def _apply_step(step: str, statistics: np.ndarray | None, column: np.ndarray) ->
     return np.clip(column, statistics[0], statistics[1])
 
 
-def _moments(values: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def _moments(values: np.ndarray, cells: int = 2**23) -> tuple[np.ndarray, np.ndarray]:
     """Each column's mean and standard deviation (1 where 0), accumulated in float64 a block of
-    columns at a time: no float64 copy of the whole matrix."""
+    columns (about ``cells`` values, 64 MB) at a time: no float64 copy of the whole matrix."""
     mean, sd = np.empty(values.shape[1]), np.empty(values.shape[1])
+    chunk = max(1, cells // max(len(values), 1))
     for start in range(0, values.shape[1], chunk):
         block = values[:, start:start + chunk].astype(np.float64)
         mean[start:start + chunk] = block.mean(axis=0)
         sd[start:start + chunk] = block.std(axis=0)
     return mean, _nonzero(sd)
+
+
+def _part_rows(width: int) -> int:
+    """Rows of ``width`` values in a part of about ``PART_CELLS`` values."""
+    return max(1, PART_CELLS // max(width, 1))
 
 
 def _nonzero(scale: np.ndarray) -> np.ndarray:

@@ -495,7 +495,8 @@ def cohort_command(args: argparse.Namespace) -> int:
         if args.out.exists():
             raise DictionaryError(f"{args.out} exists: review it, or name another file with --out")
         symbols = args.genes.read_text(encoding="utf-8").split() if args.genes else ()
-        dictionary = draft(read_table(args.file), label=args.label, id_column=args.id, gene_symbols=symbols)
+        table, _ = read_table(args.file)
+        dictionary = draft(table, label=args.label, id_column=args.id, gene_symbols=symbols)
         text = ("# Drafted by `cohortfl cohort init` from the columns of " + args.file.name + ": review it.\n"
                 "# Put label.classes in their order (ordinal: true if they are ordered), set label.reported\n"
                 "# (the class whose recall the board shows), name the groups, add units and descriptions.\n"

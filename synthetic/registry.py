@@ -13,6 +13,9 @@ gene ids (what a contributor would download for this panel).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -69,6 +72,33 @@ def generate_registry(seed: int = 0, n_records: int = N_RECORDS, n_genes: int = 
     missing_share : float
         Share of missing cells in each of ``SPARSE_LABS``; half of it in ``onset_group``.
     """
+    return next(registry_parts(seed, n_records, n_genes, missing_share, part_records=n_records))
+
+
+def write_registry(path: str | Path, seed: int = 0, n_records: int = N_RECORDS, n_genes: int = N_GENES,
+                   missing_share: float = 0.08, part_records: int = 4_096) -> None:
+    """Write ``generate_registry``'s table to a Parquet file a row group at a time: the same records,
+    in the memory of one part (100,000 x 20,000 is 8 GB of genes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for part in registry_parts(seed, n_records, n_genes, missing_share, part_records):
+            if writer is None:
+                schema = pa.Schema.from_pandas(part, preserve_index=False).set(
+                    part.columns.get_loc("onset_group"), pa.field("onset_group", pa.string()))
+                writer = pq.ParquetWriter(path, schema)
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def registry_parts(seed: int, n_records: int, n_genes: int, missing_share: float,
+                   part_records: int) -> Iterator[pd.DataFrame]:
+    """``generate_registry``'s table, ``part_records`` rows at a time (the same rows for any part size:
+    the genes' noise is drawn in row order)."""
     shares = np.array([CLASS_COUNTS[c] for c in CLASSES], float) / sum(CLASS_COUNTS.values())
     counts = np.floor(shares * n_records).astype(int)
     counts[0] += n_records - counts.sum()
@@ -76,22 +106,26 @@ def generate_registry(seed: int = 0, n_records: int = N_RECORDS, n_genes: int = 
     layout = _layout(n_genes)
     platform = np.random.default_rng(_PLATFORM_SEED + 1)
     offsets = platform.uniform(2.0, 10.0, n_genes).astype(np.float32)
-    rng = np.random.default_rng(seed + 7_000)
-    genes = rng.standard_normal((n_records, n_genes), dtype=np.float32) * np.float32(0.6) + offsets
-    genes[:, list(layout.values())] = base[list(layout)].to_numpy(np.float32)
+    rng, noise = np.random.default_rng(seed + 7_000), np.random.default_rng(seed + 7_001)
     labs = base[list(CLINICAL_COLUMNS)].set_axis(list(LABS), axis=1)
     for column in SPARSE_LABS:
         labs.loc[rng.random(n_records) < missing_share, column] = np.nan
     onset = base["onset"].map(ONSET)
     onset[rng.random(n_records) < missing_share / 2] = None
-    table = pd.concat([
-        pd.DataFrame({ID: [f"R{seed:02d}{i:06d}" for i in range(n_records)],
-                      "site": rng.choice(SITES, n_records), "sex_at_birth": base["sex"].map(SEX)}),
-        labs,
-        pd.DataFrame(genes, columns=[gene_id(p) for p in range(n_genes)]),
-        pd.DataFrame({"onset_group": onset, LABEL: base[LABEL_COLUMN].map(CLASSES)}),
-    ], axis=1)
-    return table
+    front = pd.concat([pd.DataFrame({ID: [f"R{seed:02d}{i:06d}" for i in range(n_records)],
+                                     "site": rng.choice(SITES, n_records),
+                                     "sex_at_birth": base["sex"].map(SEX)}), labs], axis=1)
+    back = pd.DataFrame({"onset_group": onset, LABEL: base[LABEL_COLUMN].map(CLASSES)})
+    informative = base[list(layout)].to_numpy(np.float32)
+    names = [gene_id(p) for p in range(n_genes)]
+    for start in range(0, n_records, part_records):
+        rows = slice(start, min(start + part_records, n_records))
+        size = rows.stop - rows.start
+        genes = noise.standard_normal((size, n_genes), dtype=np.float32) * np.float32(0.6) + offsets
+        genes[:, list(layout.values())] = informative[rows]
+        yield pd.concat([front.iloc[rows].reset_index(drop=True),
+                         pd.DataFrame(genes, columns=names, copy=False),
+                         back.iloc[rows].reset_index(drop=True)], axis=1)
 
 
 def registry_gene_sets(n_genes: int = N_GENES) -> dict[str, list[str]]:

@@ -288,3 +288,51 @@ def test_a_split_by_fraction_keeps_every_records_side_as_the_cohort_grows(tmp_pa
     assert set(other_seed.holdout) != set(split_1.holdout)  # the seed draws another holdout
     with pytest.raises(CohortValidationError, match="holdout_fraction"):
         split_cohort(cohort_1, holdout_fraction=1.0)
+
+
+# --- memory: one float32 block, read a part at a time, arranged in place -------------------------
+
+
+def test_a_parquet_file_read_a_few_columns_at_a_time_is_the_table_pandas_reads(tmp_path, monkeypatch):
+    """Integers, booleans, missing cells and float64 land in the float32 block (in schema order)
+    exactly as pandas reads them; text in a numeric column stays text for validation to name."""
+    import client.cohort as module
+    from client.cohort import read_table
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"id": ["a", "b", "c", "d", "e"], "f64": rng.normal(size=5),
+                          "ints": np.arange(5), "flags": [True, False, True, True, False],
+                          "holes": [1.0, np.nan, 3.0, np.nan, 5.0], "text": list("vwxyz"),
+                          "words": ["1", "2", "x", "4", "5"]})
+    path = tmp_path / "t.parquet"
+    table.to_parquet(path, row_group_size=2)  # three row groups: each column comes in chunks
+    monkeypatch.setattr(module, "PART_CELLS", 10)  # two columns a part
+    frame, block = read_table(path, ("holes", "ints", "f64", "flags", "words"))
+    assert list(frame.columns) == ["holes", "ints", "f64", "flags", "id", "text", "words"]
+    assert block.dtype == np.float32 and block.shape == (4, 5)
+    expected = table[["holes", "ints", "f64", "flags"]].to_numpy(np.float32)
+    np.testing.assert_array_equal(frame[["holes", "ints", "f64", "flags"]].to_numpy(), expected)
+    for column in ("holes", "ints", "f64", "flags"):
+        assert np.shares_memory(frame[column].to_numpy(), block)
+    assert frame["words"].tolist() == table["words"].tolist() and frame["text"].tolist() == list("vwxyz")
+
+
+def test_the_cohorts_features_are_views_of_its_block_and_arranging_moves_no_copy(cohort_parquet):
+    from client.cohort import arrange
+
+    cohort = load_cohort(cohort_parquet)
+    before = cohort.frame.copy()
+    assert cohort.block.shape == (len(SCHEMA.numeric), 640)
+    assert all(np.shares_memory(cohort.frame[c].to_numpy(), cohort.block) for c in SCHEMA.numeric[::50])
+    split = split_cohort(cohort, 128, seed=3)
+    labels, ids = cohort.labels.copy(), cohort.ids
+    arranged = arrange(cohort, split)
+    order = np.concatenate([split.train, split.holdout])
+    pd.testing.assert_frame_equal(arranged.frame, before.iloc[order].reset_index(drop=True),
+                                  check_dtype=False)
+    np.testing.assert_array_equal(arranged.labels, labels[order])
+    assert arranged.ids == tuple(ids[i] for i in order)
+    assert arranged.block is cohort.block  # the same memory, reordered in place
+    train, holdout = arranged.frame.iloc[:512], arranged.frame.iloc[512:]
+    assert np.shares_memory(train["gene_0"].to_numpy(), arranged.block)
+    assert np.shares_memory(holdout["gene_0"].to_numpy(), arranged.block)

@@ -357,3 +357,23 @@ def test_impute_and_indicators_are_checked():
                        ({"missing_indicators": "yes"}, "'missing_indicators' must be true or false")):
         with pytest.raises(FeatureSpecError, match=match):
             FeatureSpec(**bad)
+
+
+@pytest.mark.parametrize("spec", [FeatureSpec(), FeatureSpec(gene_sets=SETS, gene_set_score="rank")],
+                         ids=["standard", "rank-scores"])
+def test_transform_holds_little_beside_the_matrix_it_returns(spec):
+    """The matrix is filled in place (numeric columns copied a part at a time, standardised where
+    they lie): numpy's peak while transforming is that matrix and small parts, not a second copy."""
+    import tracemalloc
+
+    big = pd.concat([frame(seed, n=4_000) for seed in range(4)], ignore_index=True)  # 16,000 records
+    wide = pd.concat([big] + [big[GENES].add_prefix(f"gene_x{i}_") for i in range(80)], axis=1)
+    numeric = NUMERIC + [c for c in wide.columns if c.startswith("gene_x")]
+    pipeline = FeaturePipeline(spec, numeric, LEVELS)
+    pipeline.fit(wide)
+    tracemalloc.start()
+    matrix = pipeline.transform(wide)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert matrix.dtype == np.float32 and matrix.shape == (len(wide), pipeline.n_features)
+    assert peak < matrix.nbytes + 16 * 2**20, (peak, matrix.nbytes)  # the parts: 8 MB and less
