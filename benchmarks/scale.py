@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DICTIONARY = ROOT / "conf" / "dictionary" / "registry.yaml"
-SIZES = ("150x50", "150x20000", "6400x2000", "6400x20000", "100000x50", "100000x2000")
+SIZES = ("150x50", "150x20000", "6400x2000", "6400x20000", "100000x50", "100000x2000", "100000x20000")
 
 
 def make(records: int, genes: int, path: Path) -> None:

@@ -29,6 +29,9 @@ PER_COLUMN_MAX = 40
 #: Columns sampled from a large group for its mean absolute correlation.
 CORRELATION_SAMPLE = 200
 COMPONENTS = 5
+#: Records (evenly spaced in the training split) the correlation structure is estimated from: a
+#: group's whole matrix in float64 would be 16 GB at 100,000 x 20,000.
+CORRELATION_RECORDS = 2_000
 
 
 @dataclass(frozen=True)
@@ -122,14 +125,12 @@ def _numeric(report: Report, frame: pd.DataFrame, members: list[np.ndarray], cla
     group_rows, column_rows = [], []
     for group in schema.groups.names:
         columns = schema.groups.columns(group)
-        values = frame[columns].to_numpy(np.float64)
-        z = (values - np.nanmean(values, axis=0)) / np.where(np.nanstd(values, axis=0) > 0,
-                                                              np.nanstd(values, axis=0), 1.0)
-        score = np.nanmean(z, axis=1)
+        score = _group_score(frame, columns)
         group_rows.append((group, str(len(columns)), *(
             f"{np.nanmean(score[m]):+.3f} ({np.nanstd(score[m]):.3f})" if ok else "-"
             for m, ok in zip(members, shown, strict=True))))
         if len(columns) <= PER_COLUMN_MAX:
+            values = frame[columns].to_numpy(np.float64)
             for j, column in enumerate(columns):
                 column_rows.append((group, column, *(
                     f"{np.nanmean(values[m, j]):.3g} ({np.nanstd(values[m, j]):.3g})" if ok else "-"
@@ -142,11 +143,28 @@ def _numeric(report: Report, frame: pd.DataFrame, members: list[np.ndarray], cla
                                "Means and standard deviations only: a quantile is one record's value."))
 
 
+def _group_score(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Each record's mean standardised value over ``columns`` (missing cells left out), computed
+    a part of the columns at a time: a 20,000-gene group is never copied whole."""
+    total, count = np.zeros(len(frame)), np.zeros(len(frame))
+    part = max(1, 2**21 // max(len(frame), 1))
+    for start in range(0, len(columns), part):
+        values = frame[columns[start:start + part]].to_numpy(np.float64)
+        sd = np.nanstd(values, axis=0)
+        z = (values - np.nanmean(values, axis=0)) / np.where(sd > 0, sd, 1.0)
+        total += np.nansum(z, axis=1)
+        count += (~np.isnan(z)).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _correlations(report: Report, frame: pd.DataFrame, schema: CohortSchema) -> None:
-    """Each group's variance in its first principal components and its mean |correlation|."""
+    """Each group's variance in its first principal components and its mean |correlation|, over
+    at most ``CORRELATION_RECORDS`` records (evenly spaced) of the training split."""
     from sklearn.utils.extmath import randomized_svd
 
     rows = []
+    if len(frame) > CORRELATION_RECORDS:
+        frame = frame.iloc[np.linspace(0, len(frame) - 1, CORRELATION_RECORDS).astype(int)]
     for group in schema.groups.names:
         columns = schema.groups.columns(group)
         if len(columns) < 3:
@@ -166,7 +184,8 @@ def _correlations(report: Report, frame: pd.DataFrame, schema: CohortSchema) -> 
                      f"{np.nanmean(off):.3f}"))
     report.tables.append(Table("Correlation structure of each group", (
         "group", "columns", f"variance share of its first {COMPONENTS} components", "mean |correlation|"),
-        rows, f"Over at most {CORRELATION_SAMPLE} evenly spaced columns for the mean |correlation|."))
+        rows, f"Over at most {CORRELATION_RECORDS} records and, for the mean |correlation|, "
+        f"{CORRELATION_SAMPLE} columns (evenly spaced)."))
 
 
 def to_html(report: Report, title: str) -> str:

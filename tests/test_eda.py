@@ -175,3 +175,16 @@ def test_figures_draw_only_what_their_tables_publish():
     assert balance.count("data-suppressed") == 2
     numeric = next(v for t, v in svg.items() if t.startswith("Numeric groups"))
     assert "Fast:" not in numeric  # a class under k: its statistics are withheld in the figure too
+
+
+def test_a_groups_mean_standardised_value_is_the_same_computed_a_part_at_a_time():
+    """20,000 records: the group score is computed over parts of its columns (a 20,000-gene group is
+    never copied whole in float64) and equals the whole matrix's, missing cells left out."""
+    from client.eda import _group_score
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(20_000, 300)) * 3 + 1
+    values[rng.random(values.shape) < 0.1] = np.nan
+    frame = pd.DataFrame(values, columns=[f"c{i}" for i in range(300)])
+    whole = np.nanmean((values - np.nanmean(values, axis=0)) / np.nanstd(values, axis=0), axis=1)
+    np.testing.assert_allclose(_group_score(frame, list(frame.columns)), whole, rtol=1e-12, atol=1e-12)
