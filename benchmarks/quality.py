@@ -197,25 +197,24 @@ class Disease:
 
 def diseases() -> list[Disease]:
     """The demo's disease (the references were designed on it) and the myopathy (not)."""
-    from synthetic.disease import generate_external_cohort
+    from synthetic.diseases import synthetic_disease
     from synthetic.myopathy import generate_myopathy, myopathy_gene_sets
-    from synthetic.myopathy import true_posterior as myopathy_posterior
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "dictionary"
+    demo, myopathy = synthetic_disease("demo"), synthetic_disease("myopathy")
     scale = LARGE / sum(CLASS_COUNTS.values())
     myo_sets = {k: tuple(v) for k, v in myopathy_gene_sets().items()}
     myo = FeatureSpec(gene_sets=myo_sets, raw=("clinical", "labs"), interaction_left="gene_sets",
                       transforms={"labs": ("log1p",), "prednisone_mg_day": ("log1p",)},
                       interactions=("age_years", "prednisone_mg_day", "sex=M", "antibody=anti-Jo1"))
     return [
-        Disease("demo (progression)", conf / "synthetic.yaml", lambda s: generate_cohort(seed=s),
+        Disease("demo (progression)", demo.dictionary, demo.foundation,
                 lambda: generate_cohort(seed=99_999, class_counts={c: round(n * scale)
                                                                    for c, n in CLASS_COUNTS.items()}),
-                lambda: generate_external_cohort(707, 2000), true_posterior,
+                lambda: demo.external(707, 2000), demo.true_posterior,
                 {"set means": GENE_SETS_SPEC, "set pc1": replace(GENE_SETS_SPEC, gene_set_score="pc1")}),
-        Disease("myopathy (course)", conf / "myopathy.yaml", lambda s: generate_myopathy(seed=s),
+        Disease("myopathy (course)", myopathy.dictionary, myopathy.foundation,
                 lambda: generate_myopathy(seed=99_999, n_records=LARGE),
-                lambda: generate_myopathy(seed=707, n_records=2000, external=True), myopathy_posterior,
+                lambda: myopathy.external(707, 2000), myopathy.true_posterior,
                 {"set means, log labs": myo, "set pc1, log labs": replace(myo, gene_set_score="pc1"),
                  "set means, raw labs": replace(myo, transforms={}),
                  "set pc1, raw labs": replace(myo, gene_set_score="pc1", transforms={})}),

@@ -230,11 +230,12 @@ def eda_of_file(path, dictionary, k: int, holdout_size: int = 128, split_seed: i
     CohortValidationError, DictionaryError
         As the node's loading and split.
     """
-    from client.cohort import load_cohort, split_cohort
+    from client.cohort import arrange, load_cohort, split_cohort
 
     cohort = load_cohort(path, dictionary)
     split = split_cohort(cohort, holdout_size, split_seed, holdout_fraction)
-    return cohort_eda(cohort.frame.iloc[split.train], cohort.labels[split.train], cohort.schema, k)
+    cohort, n_train = arrange(cohort, split), len(split.train)  # the training split: a view, no copy
+    return cohort_eda(cohort.frame.iloc[:n_train], cohort.labels[:n_train], cohort.schema, k)
 
 
 def log_eda(client, experiment_id: str, report: Report, title: str) -> str:

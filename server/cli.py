@@ -560,14 +560,10 @@ def submit_remote(package: Path, url: str, ca: Path | None, token_file: Path | N
 def write_synthetic_cohort(path: Path, seed: int, disease: str = "demo") -> None:
     """Write a synthetic cohort (the demo's disease, or the second one: ``myopathy``) where the
     node will read it."""
-    from synthetic.disease import generate_cohort
-    from synthetic.myopathy import generate_myopathy
+    from synthetic.diseases import synthetic_disease
 
-    draws = {"demo": generate_cohort, "myopathy": generate_myopathy}
-    if disease not in draws:
-        raise ValueError(f"cohort.disease must be one of {list(draws)}, not {disease!r}")
+    table = synthetic_disease(disease, "cohort.disease").foundation(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = draws[disease](seed)
     staging = path.with_name(f".{path.name}.{os.getpid()}")  # a node starting now reads it whole
     table.to_parquet(staging, index=False)
     os.replace(staging, path)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from client.training import FlopMeter, TrainConfig, train_local
-from contract.schema import SCHEMA, CohortSchema
+from contract.schema import CohortSchema
 from contract.submission import Submission
 from models import ModelSpec, build_for, penalties
 from models.pipeline import FeatureSpec
@@ -58,10 +58,6 @@ class Pretraining:
     disease: str = "demo"
 
 
-#: The synthetic diseases a contributor's own cohort can be drawn from (without a file).
-DISEASES = ("demo", "myopathy")
-
-
 def own_cohort(pretraining: Pretraining) -> tuple[pd.DataFrame, np.ndarray, CohortSchema]:
     """The contributor's cohort: its feature table, class indices and schema.
 
@@ -73,22 +69,15 @@ def own_cohort(pretraining: Pretraining) -> tuple[pd.DataFrame, np.ndarray, Coho
         An unknown synthetic disease.
     """
     from client.cohort import load_cohort
+    from contract.dictionary import DataDictionary
+    from synthetic.diseases import synthetic_disease
 
     if pretraining.cohort_file is not None:
         cohort = load_cohort(pretraining.cohort_file, pretraining.dictionary)
         return cohort.frame, cohort.labels, cohort.schema
-    if pretraining.disease == "demo":
-        from synthetic.disease import generate_external_cohort
-
-        frame, schema = generate_external_cohort(pretraining.cohort_seed, pretraining.n_records), SCHEMA
-    elif pretraining.disease == "myopathy":
-        from contract.dictionary import DataDictionary
-        from synthetic.myopathy import DICTIONARY, generate_myopathy
-
-        frame = generate_myopathy(pretraining.cohort_seed, pretraining.n_records, external=True)
-        schema = DataDictionary.from_yaml(DICTIONARY).resolve(list(frame.columns))
-    else:
-        raise ValueError(f"pretrain.disease must be one of {list(DISEASES)}, not {pretraining.disease!r}")
+    disease = synthetic_disease(pretraining.disease, "pretrain.disease")
+    frame = disease.external(pretraining.cohort_seed, pretraining.n_records)
+    schema = DataDictionary.from_yaml(disease.dictionary).resolve(list(frame.columns))
     return frame, schema.label_indices(frame[schema.label_column]), schema
 
 
@@ -131,14 +120,12 @@ def with_pretrained_weights(submission: Submission, pretraining: Pretraining, ca
 
 
 def _code_digest() -> str:
-    """Digest of the code pretraining runs (generator, training loop, models): cached weights of
+    """Digest of the code pretraining runs (generators, training loop, models): cached weights of
     an older generator or model are not reused."""
     import client.training
     import models
-    import synthetic.disease
-    import synthetic.myopathy
 
-    files = [Path(synthetic.disease.__file__), Path(synthetic.myopathy.__file__),
-             Path(client.training.__file__), *sorted(Path(models.__file__).parent.glob("*.py"))]
+    files = [*sorted(Path(__file__).parent.glob("*.py")), Path(client.training.__file__),
+             *sorted(Path(models.__file__).parent.glob("*.py"))]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
