@@ -189,6 +189,28 @@ def read_table(path: Path, numeric: tuple[str, ...] = ()) -> tuple[pd.DataFrame,
         raise _unparsable(path, ex) from None
 
 
+def float_columns(path: Path) -> tuple[str, ...]:
+    """The columns a Parquet file stores as floating-point numbers (none for a CSV): what
+    ``read_table`` can take into its float32 block when a draft of the dictionary reads a file
+    whose numeric columns are not known yet.
+
+    Raises
+    ------
+    CohortValidationError
+        The file is missing, of another type, or unreadable.
+    """
+    _check_file(path)
+    if path.suffix.lower() != ".parquet":
+        return ()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return tuple(f.name for f in pq.read_schema(path) if pa.types.is_floating(f.type))
+    except Exception as ex:
+        raise _unparsable(path, ex) from None
+
+
 def _check_file(path: Path) -> None:
     if path.suffix.lower() not in (".csv", ".parquet"):
         raise CohortValidationError([f"unsupported file type '{path.suffix}': use .csv or .parquet"])

@@ -482,7 +482,7 @@ def print_schema(dictionary_path: Path | None, cohort: Path | None, holdout_size
 
 def cohort_command(args: argparse.Namespace) -> int:
     """``cohortfl cohort init|check``: the foundation's data dictionary, on its own machine."""
-    from client.cohort import check_with_dictionary, read_table
+    from client.cohort import check_with_dictionary, float_columns, read_table
     from client.errors import CohortValidationError
     from contract.dictionary import DictionaryError, draft
     from contract.files import create_once
@@ -495,7 +495,7 @@ def cohort_command(args: argparse.Namespace) -> int:
         if args.out.exists():
             raise DictionaryError(f"{args.out} exists: review it, or name another file with --out")
         symbols = args.genes.read_text(encoding="utf-8").split() if args.genes else ()
-        table, _ = read_table(args.file)
+        table, _ = read_table(args.file, float_columns(args.file))  # a 20,000-gene panel: one block
         dictionary = draft(table, label=args.label, id_column=args.id, gene_symbols=symbols)
         text = ("# Drafted by `cohortfl cohort init` from the columns of " + args.file.name + ": review it.\n"
                 "# Put label.classes in their order (ordinal: true if they are ordered), set label.reported\n"

@@ -157,3 +157,21 @@ def test_the_commands_draft_once_and_check(tmp_path):
     assert "fits d.yaml" in checked.stdout
     wrong = cohortfl("check", str(path), "--dictionary", str(DEMO))
     assert wrong.returncode == 2 and "matches no column" in wrong.stderr
+
+
+def test_a_draft_from_parquet_reads_its_floats_into_one_block_and_drafts_as_from_the_whole_table(tmp_path):
+    """`cohort init` on Parquet takes the floating-point columns into the float32 block (a 20,000-gene
+    panel is not read whole by pandas); integers, flags and text are read as they are, so the draft
+    is the one pandas' own table gives."""
+    from client.cohort import float_columns, read_table
+
+    frame = other_cohort()
+    frame["visits"] = np.arange(len(frame)) % 4
+    frame["smoker"] = np.arange(len(frame)) % 3 == 0
+    path = tmp_path / "registry.parquet"
+    frame.to_parquet(path, index=False)
+    floats = float_columns(path)
+    assert "DMD" in floats and "visits" not in floats and "smoker" not in floats
+    table, block = read_table(path, floats)
+    assert block.shape == (len(floats), len(frame))
+    assert draft(table) == draft(pd.read_parquet(path))
