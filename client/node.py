@@ -30,9 +30,11 @@ from client.ledger import CLOSED, TRAINING, NodeLedger
 from client.policy import (
     check_arrays,
     check_content_keys,
+    check_feature_memory,
     check_model,
     check_no_record_in_weights,
     check_reply,
+    feature_bytes,
     feature_pipeline,
     parse_train_config,
 )
@@ -109,12 +111,18 @@ class FeatureView:
     x_train: torch.Tensor
     x_holdout: torch.Tensor
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of its two tensors."""
+        return sum(x.element_size() * x.nelement() for x in (self.x_train, self.x_holdout))
+
 
 class ResidentCohort:
     """The cohort, validated and split once; its features, as tensors on the device.
 
     Each feature spec's pipeline is fitted on the training split only, once per
-    process, and its matrices stay on the device (the last few specs are kept).
+    process, and its matrices stay on the device: the standard spec's always, the last few
+    others' while they fit the policy's ``feature_memory_gb``.
     """
 
     kept_views = 4
@@ -144,6 +152,7 @@ class ResidentCohort:
         self.y_train = torch.from_numpy(cohort.labels[:n_train].copy()).to(self.device)
         self.y_holdout = torch.from_numpy(cohort.labels[n_train:].copy()).to(self.device)
         self._views: dict[str, FeatureView] = {}
+        self.view_budget = settings.policy.feature_memory_gb * 2**30
         self.standard = self.view(FeatureSpec())
 
     def view(self, spec: FeatureSpec) -> FeatureView:
@@ -154,11 +163,15 @@ class ResidentCohort:
         PolicyViolation
             ``feature-spec``: the spec names columns this cohort does not have.
         """
-        key = spec.to_json()
+        key, standard = spec.to_json(), FeatureSpec().to_json()
         if key not in self._views:
-            pipeline = feature_pipeline(spec, self.schema).fit(self.train_frame)
-            if len(self._views) >= self.kept_views:
-                self._views.pop(next(k for k in self._views if k != FeatureSpec().to_json()))
+            pipeline = feature_pipeline(spec, self.schema)
+            need = feature_bytes(pipeline, self.n_records)
+            others = [k for k in self._views if k != standard]  # oldest first
+            while others and (len(self._views) >= self.kept_views
+                              or sum(self._views[k].nbytes for k in others) + need > self.view_budget):
+                self._views.pop(others.pop(0))
+            pipeline.fit(self.train_frame)
             self._views[key] = FeatureView(pipeline, self.tensor(pipeline, self.train_frame),
                                            self.tensor(pipeline, self.holdout_frame))
         return self._views[key]
@@ -232,6 +245,8 @@ class Node:
         n_classes = len(self.cohort.classes)
         pipeline = feature_pipeline(run.features, self.cohort.schema)
         check_model(run.model, self.settings.policy, pipeline, n_classes)  # before any data is read
+        if run.features.to_json() != FeatureSpec().to_json():  # the standard's are the node's own
+            check_feature_memory(pipeline, self.cohort.n_records, self.settings.policy)
         view = self.cohort.view(run.features)
         model = build_for(run.model, view.pipeline, n_classes, run.seed)
         model = model.to(self.cohort.device)

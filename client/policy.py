@@ -62,6 +62,9 @@ class NodePolicy:
     importance_per_feature: bool = False
     record_tripwire: bool = True
     eda_min_cell: int = 10
+    #: Memory a run's own feature tensors may take on the node (a spec other than the standard
+    #: one, over the training split and the holdout, float32), and all such specs' cached together.
+    feature_memory_gb: float = 4.0
 
     @property
     def privacy(self) -> PrivacyPolicy | None:
@@ -189,6 +192,28 @@ def feature_pipeline(spec: FeatureSpec, schema: CohortSchema = SCHEMA) -> Featur
         return schema.pipeline(spec)
     except FeatureSpecError as ex:
         raise PolicyViolation("feature-spec", str(ex)) from None
+
+
+def feature_bytes(pipeline: FeaturePipeline, n_records: int) -> int:
+    """What a pipeline's tensors take for ``n_records`` records (float32), known before it is fitted."""
+    return 4 * n_records * pipeline.n_features
+
+
+def check_feature_memory(pipeline: FeaturePipeline, n_records: int, policy: NodePolicy) -> None:
+    """Refuse a feature spec whose tensors would not fit the policy's memory for them, before the
+    pipeline is fitted: 200 gene sets times 50 interactions are 10,000 columns, 4 GB at 100,000
+    records, and four such specs cached would hold the node's memory.
+
+    Raises
+    ------
+    PolicyViolation
+        ``feature-memory``.
+    """
+    need = feature_bytes(pipeline, n_records)
+    if need > policy.feature_memory_gb * 2**30:
+        raise PolicyViolation("feature-memory", f"the spec's {pipeline.n_features} features take "
+                              f"{need / 2**30:.2f} GB on this cohort; at most "
+                              f"{policy.feature_memory_gb:g} GB")
 
 
 def check_model(spec: ModelSpec, policy: NodePolicy, pipeline: FeaturePipeline, n_classes: int) -> None:
