@@ -181,7 +181,7 @@ def read_table(path: Path, numeric: tuple[str, ...] = ()) -> tuple[pd.DataFrame,
     _check_file(path)
     try:
         if path.suffix.lower() == ".parquet":
-            return _read_parquet(path, set(numeric), numeric)
+            return _read_parquet(path, numeric)
         return _numeric_first(pd.read_csv(path), numeric)
     except CohortValidationError:
         raise
@@ -233,8 +233,8 @@ def _part_columns(n_records: int) -> int:
     return max(1, PART_CELLS // max(n_records, 1))
 
 
-def _read_parquet(path: Path, wanted: set[str], numeric: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
-    """``read_table`` for Parquet: the numeric block filled ``READ_COLUMNS`` at a time."""
+def _read_parquet(path: Path, numeric: tuple[str, ...]) -> tuple[pd.DataFrame, np.ndarray]:
+    """``read_table`` for Parquet: the numeric block filled about ``PART_CELLS`` cells at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -248,8 +248,7 @@ def _read_parquet(path: Path, wanted: set[str], numeric: tuple[str, ...]) -> tup
     for start in range(0, len(in_block), size):
         part = file.read(columns=in_block[start:start + size], use_threads=False)
         for i, column in enumerate(part.columns, start):
-            block[i] = column.to_numpy().astype(np.float32, copy=False) if column.null_count == 0 else \
-                column.cast(pa.float32()).to_numpy(zero_copy_only=False)
+            block[i] = column.cast(pa.float32()).to_numpy()  # a missing cell: NaN
         del part
     placed = set(in_block)
     rest = file.read(columns=[c for c in schema.names if c not in placed]).to_pandas().reset_index(drop=True)
